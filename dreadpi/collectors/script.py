@@ -1,0 +1,61 @@
+"""The `script` collector: any program that prints `WATTS` or `WATTS UNIX_TIMESTAMP`.
+
+The command line is restricted to a safe alphabet and run without a shell, as in the original dreadpi, so a
+config value can never smuggle in shell syntax that the root-owned cycle would interpret.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dreadpi.collectors import Invocation
+from dreadpi.errors import CollectorError
+from dreadpi.reading import Reading
+from dreadpi.schema import Field
+
+_ALLOWED = re.compile(r"[A-Za-z0-9 _./-]+")
+
+
+def parse_command(text: str) -> tuple:
+    value = text.strip()
+    if not value:
+        raise ValueError("expected a command line such as /usr/bin/shuf -i 0-1100 -n 1")
+    if not _ALLOWED.fullmatch(value):
+        bad = sorted({ch for ch in value if not _ALLOWED.fullmatch(ch)})
+        raise ValueError(f"may only contain A-Z a-z 0-9 space _ - . /; found {' '.join(repr(c) for c in bad)}")
+    argv = tuple(value.split())
+    if not argv[0].startswith("/"):
+        raise ValueError(f"the program must be an absolute path (collectors run with no PATH), got {argv[0]!r}")
+    return argv
+
+
+class ScriptCollector:
+    name = "script"
+    schema = {
+        "command": Field(parse_command, doc="program and arguments printing WATTS or WATTS UNIX_TIMESTAMP; "
+                                             "characters A-Za-z0-9 space _-./ only, no shell"),
+    }
+
+    def check(self, settings: dict) -> list:
+        return []
+
+    def invocation(self, settings: dict) -> Invocation:
+        return Invocation(argv=settings["command"])
+
+    def parse(self, stdout: bytes, now: float) -> Reading:
+        try:
+            text = stdout.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise CollectorError("output is not plain text") from None
+        fields = text.split()
+        if not 1 <= len(fields) <= 2:
+            shown = text[:40] + ("..." if len(text) > 40 else "")
+            raise CollectorError(f"expected WATTS or WATTS UNIX_TIMESTAMP, got {shown!r}")
+        try:
+            values = [float(field) for field in fields]
+        except ValueError:
+            raise CollectorError(f"expected numbers, got {' '.join(fields)[:40]!r}") from None
+        return Reading(watts=values[0], at=values[1] if len(values) == 2 else now, source=self.name)
+
+
+COLLECTOR = ScriptCollector()

@@ -1,0 +1,304 @@
+"""Load and validate `dreadpi.cfg`: every problem is reported as `section.key: problem`, all at once.
+
+The role templates this file and validates it with `dreadpi check-config` before writing it, so anything this
+module accepts must be safe to act on, and anything it rejects must say exactly what to change.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import stat
+from collections import namedtuple
+
+from dreadpi import collectors, modes, schema
+from dreadpi.errors import ConfigError
+from dreadpi.policy import ActiveHours, PolicySettings
+from dreadpi.schema import REQUIRED, Field
+
+DEFAULT_PATH = "/etc/dreadpi/dreadpi.cfg"
+
+RELAY_BACKENDS = ("rpi-gpio", "sim")
+
+
+def _optional_number(minimum: float):  # noqa: ANN202
+    parse = schema.number(minimum=minimum)
+    return lambda text: None if not text.strip() else parse(text)
+
+
+def _mode_or_hold(text: str) -> str:
+    value = text.strip()
+    if value != "hold" and value not in modes.ALL:
+        raise ValueError(f"must be hold or one of {', '.join(modes.ORDER)}; got {value!r}")
+    return value
+
+
+def _mode(text: str) -> str:
+    value = text.strip()
+    if value not in modes.ALL:
+        raise ValueError(f"must be one of {', '.join(modes.ORDER)}; got {value!r}")
+    return value
+
+
+def _active_hours(text: str) -> ActiveHours | None:
+    return ActiveHours.parse(text) if text.strip() else None
+
+
+def _pins(text: str) -> tuple:
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise ValueError("expected BCM GPIO numbers such as 17 27")
+    pins = []
+    for part in parts:
+        if not part.isdigit() or not 2 <= int(part) <= 27:
+            raise ValueError(f"expected BCM GPIO numbers from 2 to 27, got {part!r}")
+        pins.append(int(part))
+    if len(set(pins)) != len(pins):
+        raise ValueError(f"a pin is listed twice: {text.strip()!r}")
+    return tuple(pins)
+
+
+def _pattern(text: str) -> tuple | None:
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return None  # this mode is not wired
+    if any(part not in ("0", "1") for part in parts):
+        raise ValueError(f"expected one 0 or 1 per relay (1 = energised), got {text.strip()!r}")
+    return tuple(int(part) for part in parts)
+
+
+COLLECTOR = {
+    "source": Field(schema.text(r"[a-z][a-z0-9_-]*", "a collector name"), "script",
+                    "where readings come from: " + " | ".join(collectors.NAMES)),
+    "user": Field(schema.account_name, "nobody", "the unprivileged user collectors run as (never root)"),
+    "group": Field(schema.account_name, "nogroup", "the group collectors run as"),
+    "timeout": Field(schema.number(minimum=1, maximum=600), 30.0,
+                     "seconds before a collector is killed, with all its children, and the failsafe applied"),
+    "max_watts": Field(schema.number(minimum=1), 100000.0, "readings above this are treated as invalid"),
+    "memory_limit": Field(schema.integer(minimum=16, maximum=4096), 256,
+                          "address-space limit for a collector, in MiB"),
+}
+
+POLICY = {
+    "threshold_low": Field(schema.number(minimum=0), 400.0, "watts below which drm2 (50 %) is asserted"),
+    "threshold_high": Field(schema.number(minimum=0), 700.0, "watts below which drm3 (75 %) is asserted"),
+    "threshold_off": Field(_optional_number(0), None,
+                           "watts below which drm1 (compressor off) is asserted; empty = never (needs relays.drm1)"),
+    "hysteresis": Field(schema.number(minimum=0), 50.0,
+                        "watts a reading must clear a threshold by before a less restrictive mode is chosen"),
+    "min_dwell": Field(schema.number(minimum=0), 1200.0, "seconds a mode is held before a normal change"),
+    "max_age": Field(schema.number(minimum=1), 1000.0, "seconds after which a reading is stale"),
+    "failsafe": Field(_mode_or_hold, "drm0",
+                      "mode on missing, stale or invalid data, or a failed collector; hold keeps the last mode"),
+    "active_hours": Field(_active_hours, None, "local HH:MM-HH:MM window in which the policy acts; empty = all day"),
+    "outside_mode": Field(_mode, "drm0", "mode held outside active_hours"),
+}
+
+RELAYS = {
+    "backend": Field(schema.choice(*RELAY_BACKENDS), "sim", "rpi-gpio on a Pi; sim keeps levels in a file"),
+    "pins": Field(_pins, (17, 27), "BCM GPIO numbers of relay 1, relay 2, ... (17 27 = physical pins 11 13)"),
+    "active_low": Field(schema.boolean, False, "yes when a LOW input energises a relay (most opto boards)"),
+    "drm0": Field(_pattern, (0, 0), "relays energised for drm0; must be all 0 so a dead Pi means normal"),
+    "drm3": Field(_pattern, (0, 1), "relays energised for drm3 (cascade wiring: relay 2 alone)"),
+    "drm2": Field(_pattern, (1, 0), "relays energised for drm2 (cascade wiring: relay 1)"),
+    "drm1": Field(_pattern, None, "relays energised for drm1; empty when the board cannot assert it"),
+}
+
+PATHS = {
+    "state_dir": Field(schema.absolute_path, "/var/lib/dreadpi", "state, lock and sim pin file"),
+    "log_dir": Field(schema.absolute_path, "/var/log/dreadpi", "error.log and plot.log (rotated by logrotate)"),
+}
+
+CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS}
+
+
+class CollectorSettings(namedtuple("CollectorSettings",
+                                   ("source", "user", "group", "timeout", "max_watts", "memory_limit", "settings"))):
+    """The `[collector]` section, plus `settings`: the chosen source's own section and nothing else."""
+
+    __slots__ = ()
+    source: str
+    user: str
+    group: str
+    timeout: float
+    max_watts: float
+    memory_limit: int
+    settings: dict
+
+
+class RelaySettings(namedtuple("RelaySettings", ("backend", "pins", "active_low", "patterns"))):
+    """The `[relays]` section; `patterns` maps each mode the board can assert to its tuple of 0/1."""
+
+    __slots__ = ()
+    backend: str
+    pins: tuple
+    active_low: bool
+    patterns: dict
+
+
+class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir"))):
+    __slots__ = ()
+    path: str
+    collector: CollectorSettings
+    policy: PolicySettings
+    relays: RelaySettings
+    state_dir: str
+    log_dir: str
+
+
+def sections() -> dict:
+    """Every section the program knows: the core ones and one per collector."""
+    known = dict(CORE_SECTIONS)
+    for name in collectors.NAMES:
+        known[name] = collectors.get(name).schema
+    return known
+
+
+def parse_text(text: str, path: str = "<config>") -> Config:
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0none")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateOptionError as err:
+        raise ConfigError([f"{err.section}.{err.option}: given twice (line {err.lineno})"], path) from None
+    except configparser.DuplicateSectionError as err:
+        raise ConfigError([f"{err.section}: section given twice (line {err.lineno})"], path) from None
+    except configparser.Error as err:
+        raise ConfigError([f"not an INI file: {err.message.splitlines()[0]}"], path) from None
+    return _validate(parser, path)
+
+
+def load(path: str = DEFAULT_PATH) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise ConfigError([f"cannot read the config: {err.strerror}"], path) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["the config is not UTF-8 text"], path) from None
+    return parse_text(text, path)
+
+
+def check_permissions(path: str, as_root: bool) -> list:
+    """Warnings about a readable config; raises when anyone but root could change what root will run."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise ConfigError([f"cannot stat the config: {err.strerror}"], path) from None
+    perms = stat.S_IMODE(info.st_mode)
+    if perms & 0o022:
+        raise ConfigError([f"the config is writable by group or others (mode {perms:04o}); run: chmod 600 {path}"],
+                          path)
+    if as_root and info.st_uid != 0:
+        raise ConfigError([f"the config is owned by uid {info.st_uid}, not root; run: chown root:root {path}"], path)
+    if perms & 0o044:
+        return [f"{path}: readable by group or others (mode {perms:04o}) and may hold API keys; run: chmod 600 {path}"]
+    return []
+
+
+def _suggest(word: str, options: list) -> str:
+    import difflib  # only ever needed to explain a mistake
+
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _read_section(parser: configparser.ConfigParser, name: str, fields: dict, problems: list) -> dict:
+    given = parser[name] if parser.has_section(name) else {}
+    values: dict = {}
+    for key in given:
+        if key not in fields:
+            problems.append(f"{name}.{key}: unknown key{_suggest(key, list(fields))}")
+    for key, spec in fields.items():
+        if key in given:
+            try:
+                values[key] = spec.parse(given[key])
+            except ValueError as err:
+                problems.append(f"{name}.{key}: {err}")
+        elif spec.default is REQUIRED:
+            problems.append(f"{name}.{key}: missing (required)")
+        else:
+            values[key] = spec.default
+    return values
+
+
+def _validate(parser: configparser.ConfigParser, path: str) -> Config:
+    problems: list = []
+    known = sections()
+    for name in parser.sections():
+        if name not in known:
+            problems.append(f"{name}: unknown section{_suggest(name, list(known))}")
+
+    core = {name: _read_section(parser, name, fields, problems) for name, fields in CORE_SECTIONS.items()}
+    coll, pol, rel = core["collector"], core["policy"], core["relays"]
+
+    source = coll.get("source")
+    source_settings: dict = {}
+    if source is not None and source not in collectors.NAMES:
+        problems.append(f"collector.source: unknown source {source!r}; choose one of {', '.join(collectors.NAMES)}"
+                        f"{_suggest(source, list(collectors.NAMES))}")
+        source = None
+    for name in collectors.NAMES:
+        if name != source and not parser.has_section(name):
+            continue
+        settings = _read_section(parser, name, known[name], problems)
+        if name == source:
+            source_settings = settings
+            if len(settings) == len(known[name]):  # every key parsed: cross-key checks make sense
+                problems.extend(f"{name}.{p}" for p in collectors.get(name).check(settings))
+    if coll.get("user") == "root":
+        problems.append("collector.user: collectors never run as root; use an unprivileged user such as nobody")
+    if coll.get("group") == "root":
+        problems.append("collector.group: collectors never run in the root group; use nogroup")
+
+    patterns = _check_relays(rel, problems)
+    _check_policy(pol, patterns, problems)
+
+    if problems:
+        raise ConfigError(problems, path)
+    policy = PolicySettings(**pol)
+    return Config(
+        path=path,
+        collector=CollectorSettings(settings=source_settings, **coll),
+        policy=policy,
+        relays=RelaySettings(rel["backend"], rel["pins"], rel["active_low"], patterns),
+        state_dir=core["paths"]["state_dir"],
+        log_dir=core["paths"]["log_dir"],
+    )
+
+
+def _check_relays(rel: dict, problems: list) -> dict:
+    pins = rel.get("pins")
+    patterns = {mode: rel.get(mode) for mode in modes.ORDER if rel.get(mode) is not None}
+    if pins is None:
+        return patterns
+    for mode, pattern in patterns.items():
+        if len(pattern) != len(pins):
+            problems.append(f"relays.{mode}: {len(pattern)} values for {len(pins)} pins; give one per pin")
+    if "drm0" not in patterns:
+        problems.append("relays.drm0: required; it is the pattern a dead dreadpi leaves behind (all 0)")
+    elif any(patterns["drm0"]):
+        problems.append("relays.drm0: must de-energise every relay (all 0), so that a Pi that dies or loses power "
+                        "leaves the air conditioner in normal operation")
+    seen: dict = {}
+    for mode, pattern in patterns.items():
+        if pattern in seen:
+            problems.append(f"relays.{mode}: same pattern as relays.{seen[pattern]}; each mode needs its own")
+        seen.setdefault(pattern, mode)
+    return patterns
+
+
+def _check_policy(pol: dict, patterns: dict, problems: list) -> None:
+    low, high, off = pol.get("threshold_low"), pol.get("threshold_high"), pol.get("threshold_off")
+    if low is not None and high is not None and low >= high:
+        problems.append(f"policy.threshold_low: must be below threshold_high ({high:g}), got {low:g}")
+    if off is not None and low is not None and off >= low:
+        problems.append(f"policy.threshold_off: must be below threshold_low ({low:g}), got {off:g}")
+    if off is not None and "drm1" not in patterns:
+        problems.append("policy.threshold_off: needs relays.drm1, a relay pattern that asserts drm1")
+    for mode in ("drm2", "drm3"):
+        if mode not in patterns:
+            problems.append(f"relays.{mode}: the policy asserts {mode}; give its relay pattern")
+    for key in ("failsafe", "outside_mode"):
+        mode = pol.get(key)
+        if mode in modes.ALL and mode not in patterns:
+            problems.append(f"policy.{key}: {mode} has no relay pattern (relays.{mode})")
