@@ -1,0 +1,266 @@
+"""The `dreadpi` command. Each subcommand returns an exit code; messages for people go to stdout/stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+from dreadpi import __version__, modes
+from dreadpi.errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, ConfigError, DreadpiError, UsageError
+
+EXIT_CODES = """exit codes:
+  0   done; the mode was decided from a fresh reading (run), or the command succeeded
+  1   internal error (a bug: please report it with the traceback)
+  2   configuration error: nothing was touched
+  3   another cycle holds the lock: nothing was touched
+  4   the failsafe was applied (no usable reading); the relays are in the failsafe mode
+  5   the relays could not be driven
+  64  wrong command-line arguments
+"""
+
+_DURATION = r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?"
+MAX_OVERRIDE = 7 * 86400
+
+
+def parse_duration(text: str) -> float:
+    """`2h`, `90m`, `1h30m`, `45s` or plain seconds; at most a week, since an override must end by itself."""
+    import re
+
+    match = re.fullmatch(_DURATION, text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise UsageError(f"--for: expected a duration such as 2h, 90m or 1h30m, got {text!r}")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if not 0 < total <= MAX_OVERRIDE:
+        raise UsageError(f"--for: must be more than 0 and at most 7 days, got {text!r}")
+    return float(total)
+
+
+def _load(path: str):
+    from dreadpi import config
+
+    return config.load(path)
+
+
+DEFAULT_CONFIG = "/etc/dreadpi/dreadpi.cfg"
+
+
+def cmd_run(args: SimpleNamespace) -> int:
+    from dreadpi import config as config_mod
+    from dreadpi import cycle
+
+    warnings = config_mod.check_permissions(args.config, as_root=os.geteuid() == 0)
+    cfg = config_mod.load(args.config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    outcome = cycle.run(cfg)
+    print(outcome.line)
+    for note in outcome.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_check_config(args: SimpleNamespace) -> int:
+    from dreadpi import config as config_mod
+
+    try:
+        config_mod.load(args.file)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"{err.path}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: OK")
+    return EXIT_OK
+
+
+def status_dict(cfg) -> dict:
+    from dreadpi import state as state_store
+
+    saved, problem = state_store.load(cfg.state_dir, recover=False)
+    now = time.time()
+    override = saved.active_override(now)
+    return {
+        "mode": saved.mode,
+        "percent": modes.PERCENT.get(saved.mode) if saved.mode else None,
+        "watts": saved.watts,
+        "reading_at": _iso(saved.reading_at),
+        "reading_age": round(now - saved.reading_at) if saved.reading_at else None,
+        "since": _iso(saved.since),
+        "reason": saved.reason or (problem or "no cycle has run yet"),
+        "failsafe": saved.failsafe,
+        "relays": saved.relays,
+        "pin_levels": saved.pin_levels,
+        "override": {"mode": override.mode, "until": _iso(override.until)} if override else None,
+        "source": saved.source or None,
+        "extra": saved.extra,
+        "updated_at": _iso(saved.updated_at),
+        "version": __version__,
+        "state_format": state_store.FORMAT,
+    }
+
+
+def _iso(epoch: float | None) -> str | None:
+    if not epoch:
+        return None
+    from dreadpi import clock
+
+    return clock.iso(clock.local(epoch))
+
+
+def cmd_status(args: SimpleNamespace) -> int:
+    info = status_dict(_load(args.config))
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return EXIT_OK
+    if info["mode"] is None:
+        print(f"no mode asserted yet: {info['reason']}")
+        return EXIT_OK
+    watts = "no reading" if info["watts"] is None else f"{info['watts']:.0f} W at {info['reading_at']}"
+    print(f"mode      {info['mode']} ({info['percent']}%) since {info['since']}")
+    print(f"reason    {info['reason']}")
+    print(f"reading   {watts} ({info['source']})")
+    print(f"relays    {' '.join(map(str, info['relays'] or []))} (1 = energised, relay 1 first)")
+    if info["override"]:
+        print(f"override  {info['override']['mode']} until {info['override']['until']}")
+    print(f"updated   {info['updated_at']}")
+    return EXIT_OK
+
+
+def cmd_override(args: SimpleNamespace) -> int:
+    from dreadpi import cycle, lock
+    from dreadpi import state as state_store
+
+    cfg = _load(args.config)
+    if args.mode == "clear":
+        if args.duration:
+            raise UsageError("override clear takes no --for")
+        new_override = None
+    else:
+        if args.mode not in modes.ALL:
+            raise UsageError(f"override: mode must be one of {', '.join(modes.ORDER)} or clear, got {args.mode!r}")
+        if args.mode not in cfg.relays.patterns:
+            raise UsageError(f"override: this board cannot assert {args.mode} (relays.{args.mode} is not set)")
+        if not args.duration:
+            raise UsageError("override: say how long with --for, e.g. --for 2h; an override always ends by itself")
+        new_override = {"mode": args.mode, "until": time.time() + parse_duration(args.duration)}
+    cycle.prepare_dirs(cfg)
+    wait = cfg.collector.timeout + 15
+    with lock.held(cfg.state_dir, wait=wait):
+        saved, _ = state_store.load(cfg.state_dir)
+        saved.override = new_override
+        state_store.save(cfg.state_dir, saved)
+    outcome = cycle.run(cfg, lock_wait=wait)  # apply it now, not at the next cron run
+    print(outcome.line)
+    return EXIT_OK
+
+
+# The grammar of each command: options taking a value, flags, and positional arguments in order. It is parsed
+# by hand because argparse (and the shutil it loads) costs a Pi Zero more than a whole cycle; argparse is loaded
+# only to print help.
+COMMANDS = {
+    "run": ({"-c": "config", "--config": "config"}, {}, ()),
+    "check-config": ({}, {}, ("file",)),
+    "status": ({"-c": "config", "--config": "config"}, {"--json": "json"}, ()),
+    "override": ({"-c": "config", "--config": "config", "--for": "duration"}, {}, ("mode",)),
+}
+HANDLERS = {"run": cmd_run, "check-config": cmd_check_config, "status": cmd_status, "override": cmd_override}
+
+
+def parse_args(argv: list) -> SimpleNamespace:
+    """The command and its arguments; UsageError names what is wrong."""
+    if not argv:
+        raise UsageError("no command given; see dreadpi --help")
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
+    options, flags, positionals = COMMANDS[command]
+    values: dict = {"command": command, "config": DEFAULT_CONFIG, "json": False, "duration": None}
+    given: list = []
+    words = iter(rest)
+    for word in words:
+        name, eq, inline = word.partition("=")
+        if word == "--":
+            given.extend(words)
+        elif name in options:
+            value = inline if eq else next(words, None)
+            if value is None:
+                raise UsageError(f"{command}: {name} needs a value")
+            values[options[name]] = value
+        elif word in flags:
+            values[flags[word]] = True
+        elif word.startswith("-") and len(word) > 1:
+            raise UsageError(f"{command}: unknown option {word!r}")
+        else:
+            given.append(word)
+    if len(given) != len(positionals):
+        wanted = " ".join(p.upper() for p in positionals) or "no arguments"
+        raise UsageError(f"{command}: expected {wanted}, got {' '.join(given) or 'nothing'}")
+    values.update(zip(positionals, given))
+    return SimpleNamespace(**values)
+
+
+def build_parser():  # noqa: ANN201 (argparse is imported here, only to print help)
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="dreadpi",
+        description="Demand Response Enabling Device (AS/NZS 4755): solar generation in, air conditioner mode out.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dreadpi {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    config_help = f"config file (default {DEFAULT_CONFIG})"
+
+    run = sub.add_parser("run", help="run one control cycle (cron runs this as root)")
+    run.add_argument("-c", "--config", help=config_help)
+
+    check = sub.add_parser("check-config", help="validate a config file; no root, no network, no side effects")
+    check.add_argument("file")
+
+    status = sub.add_parser("status", help="show the mode, reading and reason of the last cycle")
+    status.add_argument("-c", "--config", help=config_help)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    override = sub.add_parser("override", help="force a mode for a while (manual over-ride), or clear it")
+    override.add_argument("mode", help="drm0, drm3, drm2, drm1, or clear")
+    override.add_argument("--for", dest="duration", help="how long, e.g. 2h, 90m, 1h30m (at most 7d)")
+    override.add_argument("-c", "--config", help=config_help)
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:
+        print(f"dreadpi {__version__}")
+        return EXIT_OK
+    if not argv:
+        build_parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    if "-h" in argv or "--help" in argv:
+        try:
+            build_parser().parse_args(argv[:1] + ["--help"] if argv[0] in COMMANDS else ["--help"])
+        except SystemExit:  # argparse exits after printing help
+            pass
+        return EXIT_OK
+    try:
+        args = parse_args(argv)
+        return int(HANDLERS[args.command](args))
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"dreadpi: {err.path}: {problem}", file=sys.stderr)
+        return err.exit_code
+    except DreadpiError as err:
+        print(f"dreadpi: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

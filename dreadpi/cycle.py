@@ -1,0 +1,130 @@
+"""One control cycle: lock, collect, decide, drive, record. The only module that knows all the parts."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dreadpi import clock, collectors, lock, logs, sandbox
+from dreadpi import state as state_store
+from dreadpi.config import Config
+from dreadpi.errors import EXIT_FAILSAFE, EXIT_OK, CollectorError, RelayError
+from dreadpi.policy import Decision, Previous, decide
+from dreadpi.reading import Reading
+from dreadpi.relays import Board, open_backend
+
+
+class Outcome:
+    """What a cycle did: the decision, the reading it rested on, the state saved, and warnings for people."""
+
+    def __init__(self, decision: Decision, reading: Reading | None, state: state_store.State, when: clock.Instant,
+                 notes: list) -> None:
+        self.decision = decision
+        self.reading = reading
+        self.state = state
+        self.when = when
+        self.notes = notes
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILSAFE if self.decision.failsafe else EXIT_OK
+
+    @property
+    def line(self) -> str:
+        d = self.decision
+        return f"{clock.human(self.when)} {d.mode} ({d.percent}%): {d.reason}"
+
+
+def collect(config: Config) -> tuple:
+    """(reading, identity) from the configured source, run in the sandbox; CollectorError names the source."""
+    source = config.collector.source
+    try:
+        collector = collectors.get(source)
+        who = sandbox.identity(config.collector.user, config.collector.group)
+        invocation = collector.invocation(config.collector.settings)
+        limits = sandbox.Limits(timeout=config.collector.timeout, memory_mb=config.collector.memory_limit)
+        result = sandbox.run(invocation.argv, invocation.stdin, who, limits)
+        failure = sandbox.describe_exit(result)
+        if failure:
+            raise CollectorError(failure)
+        reading = collector.parse(result.stdout, time.time())
+        problem = reading.problem(config.collector.max_watts)
+        if problem:
+            raise CollectorError(f"invalid reading: {problem}")
+    except CollectorError as err:
+        raise CollectorError(f"{source}: {err}") from None
+    return reading, who
+
+
+def prepare_dirs(config: Config) -> None:
+    for directory in (config.state_dir, config.log_dir):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+
+
+def run(config: Config, lock_wait: float = 0.0) -> Outcome:
+    """Run one cycle. Raises LockedError (nothing touched) or RelayError (pins could not be driven)."""
+    prepare_dirs(config)
+    with lock.held(config.state_dir, wait=lock_wait):
+        return _locked_cycle(config)
+
+
+def _locked_cycle(config: Config) -> Outcome:
+    patterns = config.relays.patterns
+    saved, problem = state_store.load(config.state_dir)
+    notes = [problem] if problem else []
+
+    reading: Reading | None = None
+    failure: str | None = None
+    try:
+        reading, who = collect(config)
+        if not who.dropped:
+            notes.append(f"not running as root: the collector ran as {who.name}, without the sandbox user")
+    except CollectorError as err:
+        failure = str(err)
+
+    now = clock.now()
+    epoch = now.epoch
+    previous = Previous(saved.mode, saved.since, saved.manual) if saved.mode in patterns else Previous()
+    override = saved.active_override(epoch)
+    if override is not None and override.mode not in patterns:
+        notes.append(f"override to {override.mode} ignored: relays.{override.mode} is not configured")
+        override = None
+    decision = decide(reading, previous, now, config.policy, failure=failure, override=override,
+                      max_watts=config.collector.max_watts)
+    pattern = patterns[decision.mode]
+
+    try:
+        backend = open_backend(config.relays.backend, config.state_dir)
+        board = Board(backend, config.relays.pins, config.relays.active_low)
+        readback = board.read_pattern()
+        if saved.relays is not None and readback != tuple(saved.relays):
+            shown = " ".join(map(str, readback)) if readback else "not driven"
+            notes.append(f"relays read back as {shown}, not {' '.join(map(str, saved.relays))} as last driven "
+                         f"(a reboot?); re-driving")
+        levels = board.drive(pattern)
+    except RelayError as err:
+        logs.error(config.log_dir, now, f"error: {err}; wanted {decision.mode}: {decision.reason}")
+        raise
+
+    new = state_store.State(
+        mode=decision.mode,
+        since=saved.since if decision.mode == saved.mode and saved.since else epoch,
+        relays=list(pattern),
+        pin_levels=list(levels),
+        watts=reading.watts if reading else None,
+        reading_at=reading.at if reading else None,
+        source=config.collector.source,
+        extra=dict(reading.extra or {}) if reading else {},
+        reason=decision.reason,
+        failsafe=decision.failsafe,
+        manual=decision.manual,
+        updated_at=epoch,
+        override=saved.override if override is not None else None,
+    )
+    state_store.save(config.state_dir, new)
+    logs.plot(config.log_dir, now, new.watts, decision.mode, decision.percent, new.extra)
+    for note in notes:
+        logs.error(config.log_dir, now, f"warning: {note}")
+    if failure:
+        logs.error(config.log_dir, now, f"error: {failure}; asserted {decision.mode}")
+    return Outcome(decision, reading, new, now, notes)
