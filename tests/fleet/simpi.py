@@ -1,0 +1,302 @@
+"""Simulated Raspberry Pis on this machine, reached by Ansible over real SSH.
+
+Each Pi is a Debian bookworm root filesystem (built once with debootstrap and cached) seen through its own
+overlay, with its own network namespace (a veth pair in 198.18.0.0/15, the range RFC 2544 reserves for
+benchmark networks, so it can never be a real LAN) and sshd running as PID 1 of a private mount, UTS and PID
+namespace. Every mount exists only inside that namespace, so killing one process removes the host's
+processes and mounts together; teardown then deletes the network namespace and the scratch directory.
+Like Raspberry Pi OS, each has a user `pi` with passwordless sudo.
+
+The packages the dreadpi role installs are already in the cached rootfs, so the role (which refreshes the
+package lists only when something is missing) never needs the network from inside a namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("DREADPI_TEST_CACHE", "/var/cache/dreadpi-tests"))
+SUITE = "bookworm"
+MIRROR = os.environ.get("DREADPI_TEST_MIRROR", "http://deb.debian.org/debian")
+# What a Raspberry Pi OS Lite image has that the role relies on, plus what the role installs.
+PACKAGES = ("python3", "python3-apt", "openssh-server", "sudo", "cron", "logrotate", "python3-requests",
+            "ca-certificates")
+ROOTFS_SETUP = 1  # bump when the customisation below changes, to rebuild the cache
+HOST_TOOLS = {"debootstrap": "debootstrap", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
+              "ip": "iproute2", "unshare": "util-linux"}
+PI_UID = 1000
+EXAMPLE_VAULT_PASSWORD = "dreadpi-example"  # the example inventory's vault; its secrets are fake
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("check", True)
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    try:
+        return subprocess.run(argv, **kwargs)
+    except subprocess.CalledProcessError as err:
+        raise HarnessError(f"{' '.join(argv)} failed ({err.returncode}): {err.stderr or err.stdout}") from None
+
+
+def ensure_host_tools() -> None:
+    """Install what the harness needs on this machine (CI starts from a fresh Debian)."""
+    if os.geteuid() != 0:
+        raise HarnessError("simulated Pis need root (network namespaces, mounts): run as root or with sudo")
+    missing = sorted({package for tool, package in HOST_TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        run("apt-get", "update", "-qq")
+        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def rootfs() -> Path:
+    """The cached rootfs, built on first use (about a minute) and reused after."""
+    arch = run("dpkg", "--print-architecture").stdout.strip()
+    key = hashlib.sha256(f"{SUITE} {arch} {' '.join(PACKAGES)} {ROOTFS_SETUP}".encode()).hexdigest()[:12]
+    path = CACHE / f"rootfs-{SUITE}-{arch}-{key}"
+    if (path / ".dreadpi-complete").exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(path.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    print(f"simpi: building {path} with debootstrap (once; cached after)", file=sys.stderr, flush=True)
+    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR,
+        capture_output=False, stdout=subprocess.DEVNULL)
+    run("chroot", str(building), "useradd", "--create-home", "--uid", str(PI_UID), "--shell", "/bin/bash",
+        "--groups", "sudo", "pi")
+    sudoers = building / "etc/sudoers.d/010_pi-nopasswd"  # as Raspberry Pi OS ships it
+    sudoers.write_text("pi ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    run("chroot", str(building), "apt-get", "clean")
+    (building / ".dreadpi-complete").write_text("")
+    shutil.rmtree(path, ignore_errors=True)
+    building.rename(path)
+    return path
+
+
+class SimPi:
+    """One simulated Pi; start() brings it up, stop() removes every trace of it."""
+
+    def __init__(self, fleet: Fleet, index: int, name: str) -> None:
+        self.fleet = fleet
+        self.index = index
+        self.name = name
+        self.netns = f"dpi{fleet.tag}-{index}"
+        self.veth = f"dp{fleet.tag}h{index}"
+        subnet = fleet.octet
+        self.address = f"198.18.{subnet}.{4 * index + 2}"
+        self.gateway = f"198.18.{subnet}.{4 * index + 1}"
+        self.dir = fleet.workdir / name
+        self.upper = self.dir / "upper"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        work, merged = self.dir / "work", self.dir / "merged"
+        for path in (self.upper, work, merged):
+            path.mkdir(parents=True)
+        ssh_dir = self.upper / "home/pi/.ssh"
+        ssh_dir.mkdir(parents=True)
+        (ssh_dir / "authorized_keys").write_text(self.fleet.public_key)
+        for path, mode in ((self.upper / "home/pi", 0o755), (ssh_dir, 0o700), (ssh_dir / "authorized_keys", 0o600)):
+            os.chown(path, PI_UID, PI_UID)
+            path.chmod(mode)
+        (self.upper / "etc").mkdir()
+        (self.upper / "etc/hostname").write_text(self.name + "\n")
+        (self.upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n")
+
+        run("ip", "netns", "add", self.netns)
+        run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.netns)
+        run("ip", "addr", "add", f"{self.gateway}/30", "dev", self.veth)
+        run("ip", "link", "set", self.veth, "up")
+        run("ip", "-n", self.netns, "addr", "add", f"{self.address}/30", "dev", "eth0")
+        run("ip", "-n", self.netns, "link", "set", "eth0", "up")
+        run("ip", "-n", self.netns, "link", "set", "lo", "up")
+
+        boot = "\n".join([
+            "set -e",
+            "mount --make-rprivate /",
+            f"mount -t overlay overlay -o lowerdir={self.fleet.rootfs},upperdir={self.upper},workdir={work} {merged}",
+            f"mount -t proc proc {merged}/proc",
+            f"mount --rbind /dev {merged}/dev",
+            f"mount --rbind /sys {merged}/sys",
+            f"mount -t tmpfs -o mode=0755 tmpfs {merged}/run",
+            f"mount -t tmpfs -o mode=1777 tmpfs {merged}/tmp",
+            f"mkdir -p {merged}/run/sshd",
+            f"hostname {self.name}",
+            f"exec chroot {merged} /usr/sbin/sshd -D -e -o ListenAddress={self.address} "
+            "-o PasswordAuthentication=no -o UseDNS=no -o MaxStartups=100",
+        ])
+        log = open(self.dir / "sshd.log", "w")  # noqa: SIM115 (kept open for the life of the process)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+             "sh", "-c", boot], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self._wait_for_ssh()
+
+    def _wait_for_ssh(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise HarnessError(f"{self.name}: sshd exited: {(self.dir / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection((self.address, 22), timeout=1) as conn:
+                    if conn.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise HarnessError(f"{self.name}: no sshd on {self.address}:22 after {timeout:g} s")
+
+    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command on the Pi as pi (prefix `sudo` for root), over the same SSH Ansible uses."""
+        return run("ssh", *self.fleet.ssh_options, "-i", str(self.fleet.key), f"pi@{self.address}", command,
+                   check=check)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # unshare, and with it PID 1 of the Pi: everything goes
+            self.proc.wait(10)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)  # also removes the veth pair
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+
+
+class Fleet:
+    """A context manager bringing up `count` simulated Pis and an inventory for them."""
+
+    def __init__(self, count: int, host_vars: dict | None = None, prefix: str = "sim-pi",
+                 per_host: dict | None = None) -> None:
+        self.count = count
+        self.host_vars = host_vars or {}  # for every Pi
+        self.per_host = per_host or {}  # name -> vars for that Pi
+        self.prefix = prefix
+        self.tag = f"{random.randrange(16 ** 4):04x}"
+        self.octet = random.randrange(1, 255)
+        self.pis: list = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="dreadpi-fleet-"))
+        self.key = self.workdir / "id_ed25519"
+        self.ssh_options = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+
+    def __enter__(self) -> Fleet:
+        try:
+            ensure_host_tools()
+            self.rootfs = rootfs()
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dreadpi-fleet-test", "-f", str(self.key))
+            self.public_key = (self.workdir / "id_ed25519.pub").read_text()
+            for index in range(self.count):
+                pi = SimPi(self, index, f"{self.prefix}-{index + 1}")
+                self.pis.append(pi)
+                pi.start()
+            self.inventory = self._write_inventory()
+            self.vault_password_file = self.workdir / "vault-password"
+            self.vault_password_file.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
+            self.vault_password_file.chmod(0o600)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pi in self.pis:
+            pi.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _write_inventory(self) -> Path:
+        """hosts.yml for these Pis, with the example inventory's group_vars (its vault included)."""
+        import json
+
+        directory = self.workdir / "inventory"
+        directory.mkdir()
+        hosts = {}
+        for pi in self.pis:
+            hosts[pi.name] = {
+                "ansible_host": pi.address,
+                "ansible_user": "pi",
+                "ansible_ssh_private_key_file": str(self.key),
+                "ansible_ssh_common_args": " ".join(self.ssh_options),
+                **self.host_vars,
+                **self.per_host.get(pi.name, {}),
+            }
+        # JSON is YAML: no YAML library needed here.
+        (directory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": hosts}}, indent=2))
+        (directory / "group_vars").symlink_to(REPO / "inventory/example/group_vars")
+        return directory / "hosts.yml"
+
+    def ansible(self, playbook: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """ansible-playbook from this interpreter's environment, with the project's ansible.cfg."""
+        binary = Path(sys.executable).parent / "ansible-playbook"
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-local"),
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp")}
+        result = subprocess.run(
+            [str(binary), "-i", str(self.inventory), "--vault-password-file", str(self.vault_password_file),
+             str(REPO / "playbooks" / playbook), *args],
+            capture_output=True, text=True, env=env, cwd=REPO)
+        if check and result.returncode != 0:
+            raise HarnessError(f"ansible-playbook {playbook} failed ({result.returncode}):\n{result.stdout}\n"
+                               f"{result.stderr}")
+        return result
+
+
+def recap(output: str) -> dict:
+    """host -> {"ok": n, "changed": n, ...} from the PLAY RECAP of ansible-playbook's output."""
+    counts = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        if ":" not in line or "=" not in line:
+            continue
+        host, _, rest = line.partition(":")
+        counts[host.strip()] = {k: int(v) for k, v in (item.split("=") for item in rest.split())}
+    return counts
+
+
+def chroot_playbook(playbook: str, workdir: Path, host_vars: dict, runs: int = 1) -> list:
+    """Run a playbook `runs` times against an overlay of the cached rootfs through the chroot connection,
+    as the image bake does; returns each run's CompletedProcess. The overlay and the pseudo-filesystems are
+    mounted in a private mount namespace that ansible-playbook runs in, so nothing is mounted on the host;
+    the overlay's upper directory (workdir/upper) keeps what the runs changed, for inspection."""
+    import json
+
+    ensure_host_tools()
+    lower = rootfs()
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
+    for path in (upper, work, merged):
+        path.mkdir(parents=True)
+    inventory = workdir / "inventory"
+    inventory.mkdir()
+    hosts = {str(merged): {"ansible_connection": "community.general.chroot", **host_vars}}
+    (inventory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": hosts}}))
+    (inventory / "group_vars").symlink_to(REPO / "inventory/example/group_vars")
+    password = workdir / "vault-password"
+    password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    play = " ".join([str(binary), "-i", str(inventory / "hosts.yml"), "--vault-password-file", str(password),
+                     str(REPO / "playbooks" / playbook)])
+    results = []
+    for _ in range(runs):
+        script = "\n".join([
+            "set -e",
+            "mount --make-rprivate /",
+            f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged}",
+            f"mount -t proc proc {merged}/proc",
+            f"mount --rbind /dev {merged}/dev",
+            f"exec {play}",
+        ])
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-local")}
+        results.append(subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
+                                      capture_output=True, text=True, env=env, cwd=REPO))
+    return results
