@@ -1,27 +1,36 @@
-# dreadpi: `make demo` shows it working, `make test` proves it. Both set up what they need from a fresh clone.
+# dreadpi: `sudo make demo` shows the appliance working, `make test` proves it (as root, as CI runs it).
+# Both set up what they need from a fresh clone: a venv with the controller tools, and simulated Pis.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
-
-# The control program needs nothing beyond the standard library, so the demo runs straight from the checkout.
-demo:
-	$(PYTHON) tools/demo_core.py
+.PHONY: demo demo-local test lint bench bench-fleet clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# The appliance: one simulated Pi, deployed with the playbooks and the example inventory (needs root).
+demo: $(VENV)/.installed
+	$(PY) tools/demo_appliance.py
+
+# The control program alone, no root, nothing installed: a few cycles on sim relays.
+demo-local:
+	$(PYTHON) tools/demo_local.py
+
 lint: $(VENV)/.installed
-	$(PY) -m ruff check dreadpi tests tools
+	$(PY) -m ruff check dreadpi tests tools roles
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint -q
 
 test: lint
 	$(PY) -m pytest
 
 bench:
 	$(PYTHON) tools/bench.py
+
+bench-fleet: $(VENV)/.installed
+	$(PY) tools/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""`make demo`: a few real dreadpi cycles on a machine with no Pi (sim relays, script collector).
+"""`make demo-local`: a few real dreadpi cycles on this machine, no root, no Pi (sim relays, script collector).
 
 Each step runs the real `dreadpi` command in a fresh process, as cron would, with a collector printing a
 chosen wattage, and shows what it decided and why. Everything lives in a temporary directory removed at the end.
