@@ -89,6 +89,34 @@ def rootfs() -> Path:
     return path
 
 
+def ansible_env(workdir: Path) -> dict:
+    """The environment ansible-playbook runs with: the project's ansible.cfg, plain output, scratch in workdir."""
+    return {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-local"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp")}
+
+
+def write_inventory(directory: Path, hosts: dict) -> Path:
+    """hosts.yml for the group dreadpi, with the example inventory's group_vars (its vault included), and the
+    example vault's password file; returns the hosts file."""
+    import json
+
+    directory.mkdir()
+    # JSON is YAML: no YAML library needed here.
+    (directory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": hosts}}, indent=2))
+    (directory / "group_vars").symlink_to(REPO / "inventory/example/group_vars")
+    password = directory / "vault-password"
+    password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
+    password.chmod(0o600)
+    return directory / "hosts.yml"
+
+
+def playbook_argv(inventory: Path, playbook: str, *args: str) -> list:
+    binary = Path(sys.executable).parent / "ansible-playbook"
+    return [str(binary), "-i", str(inventory), "--vault-password-file", str(inventory.parent / "vault-password"),
+            str(REPO / "playbooks" / playbook), *args]
+
+
 class SimPi:
     """One simulated Pi; start() brings it up, stop() removes every trace of it."""
 
@@ -201,10 +229,14 @@ class Fleet:
                 pi = SimPi(self, index, f"{self.prefix}-{index + 1}")
                 self.pis.append(pi)
                 pi.start()
-            self.inventory = self._write_inventory()
-            self.vault_password_file = self.workdir / "vault-password"
-            self.vault_password_file.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
-            self.vault_password_file.chmod(0o600)
+            self.inventory = write_inventory(self.workdir / "inventory", {pi.name: {
+                "ansible_host": pi.address,
+                "ansible_user": "pi",
+                "ansible_ssh_private_key_file": str(self.key),
+                "ansible_ssh_common_args": " ".join(self.ssh_options),
+                **self.host_vars,
+                **self.per_host.get(pi.name, {}),
+            } for pi in self.pis})
         except BaseException:
             self.__exit__()
             raise
@@ -215,37 +247,10 @@ class Fleet:
             pi.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _write_inventory(self) -> Path:
-        """hosts.yml for these Pis, with the example inventory's group_vars (its vault included)."""
-        import json
-
-        directory = self.workdir / "inventory"
-        directory.mkdir()
-        hosts = {}
-        for pi in self.pis:
-            hosts[pi.name] = {
-                "ansible_host": pi.address,
-                "ansible_user": "pi",
-                "ansible_ssh_private_key_file": str(self.key),
-                "ansible_ssh_common_args": " ".join(self.ssh_options),
-                **self.host_vars,
-                **self.per_host.get(pi.name, {}),
-            }
-        # JSON is YAML: no YAML library needed here.
-        (directory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": hosts}}, indent=2))
-        (directory / "group_vars").symlink_to(REPO / "inventory/example/group_vars")
-        return directory / "hosts.yml"
-
     def ansible(self, playbook: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """ansible-playbook from this interpreter's environment, with the project's ansible.cfg."""
-        binary = Path(sys.executable).parent / "ansible-playbook"
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-local"),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.workdir / "cp")}
-        result = subprocess.run(
-            [str(binary), "-i", str(self.inventory), "--vault-password-file", str(self.vault_password_file),
-             str(REPO / "playbooks" / playbook), *args],
-            capture_output=True, text=True, env=env, cwd=REPO)
+        result = subprocess.run(playbook_argv(self.inventory, playbook, *args), capture_output=True, text=True,
+                                env=ansible_env(self.workdir), cwd=REPO)
         if check and result.returncode != 0:
             raise HarnessError(f"ansible-playbook {playbook} failed ({result.returncode}):\n{result.stdout}\n"
                                f"{result.stderr}")
@@ -268,23 +273,14 @@ def chroot_playbook(playbook: str, workdir: Path, host_vars: dict, runs: int = 1
     as the image bake does; returns each run's CompletedProcess. The overlay and the pseudo-filesystems are
     mounted in a private mount namespace that ansible-playbook runs in, so nothing is mounted on the host;
     the overlay's upper directory (workdir/upper) keeps what the runs changed, for inspection."""
-    import json
-
     ensure_host_tools()
     lower = rootfs()
     upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
     for path in (upper, work, merged):
         path.mkdir(parents=True)
-    inventory = workdir / "inventory"
-    inventory.mkdir()
-    hosts = {str(merged): {"ansible_connection": "community.general.chroot", **host_vars}}
-    (inventory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": hosts}}))
-    (inventory / "group_vars").symlink_to(REPO / "inventory/example/group_vars")
-    password = workdir / "vault-password"
-    password.write_text(EXAMPLE_VAULT_PASSWORD + "\n")
-    binary = Path(sys.executable).parent / "ansible-playbook"
-    play = " ".join([str(binary), "-i", str(inventory / "hosts.yml"), "--vault-password-file", str(password),
-                     str(REPO / "playbooks" / playbook)])
+    inventory = write_inventory(workdir / "inventory",
+                                {str(merged): {"ansible_connection": "community.general.chroot", **host_vars}})
+    play = " ".join(playbook_argv(inventory, playbook))
     results = []
     for _ in range(runs):
         script = "\n".join([
@@ -295,8 +291,6 @@ def chroot_playbook(playbook: str, workdir: Path, host_vars: dict, runs: int = 1
             f"mount --rbind /dev {merged}/dev",
             f"exec {play}",
         ])
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-               "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-local")}
         results.append(subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
-                                      capture_output=True, text=True, env=env, cwd=REPO))
+                                      capture_output=True, text=True, env=ansible_env(workdir), cwd=REPO))
     return results
