@@ -12,7 +12,6 @@ detects the type), so the path under test is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fleet.simpi import CACHE, MIRROR, SUITE, HarnessError, run
+from tests.fleet.simpi import CACHE, HarnessError, cached_rootfs, run
 
 ARCH = "arm64"
 PACKAGES = ("python3", "python3-apt", "python3-rpi.gpio", "openssh-server", "sudo", "cron", "logrotate",
@@ -52,27 +51,16 @@ def ensure_foreign_binaries() -> None:
                            "registered (update-binfmts --enable qemu-aarch64 failed)")
 
 
+def _like_pi_os(root: Path) -> None:
+    (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    (root / "etc/fstab").write_text("LABEL=rootfs / ext4 defaults,noatime 0 1\n"
+                                    "LABEL=bootfs /boot/firmware vfat defaults 0 2\n")
+    (root / "etc/hostname").write_text("raspberrypi\n")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+
+
 def arm64_rootfs() -> Path:
-    key = hashlib.sha256(f"{SUITE} {ARCH} {' '.join(PACKAGES)} {IMAGE_SETUP}".encode()).hexdigest()[:12]
-    path = CACHE / f"rootfs-{SUITE}-{ARCH}-{key}"
-    if (path / ".dreadpi-complete").exists():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    building = path.with_name(path.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    print(f"piimage: building {path} (arm64, under emulation: a few minutes, once)", file=sys.stderr, flush=True)
-    run("debootstrap", f"--arch={ARCH}", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-        str(building), MIRROR, capture_output=False, stdout=subprocess.DEVNULL)
-    (building / "boot/firmware").mkdir(parents=True, exist_ok=True)
-    (building / "etc/fstab").write_text("LABEL=rootfs / ext4 defaults,noatime 0 1\n"
-                                        "LABEL=bootfs /boot/firmware vfat defaults 0 2\n")
-    (building / "etc/hostname").write_text("raspberrypi\n")
-    (building / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
-    run("chroot", str(building), "apt-get", "clean")
-    (building / ".dreadpi-complete").write_text("")
-    shutil.rmtree(path, ignore_errors=True)
-    building.rename(path)
-    return path
+    return cached_rootfs(ARCH, PACKAGES, IMAGE_SETUP, _like_pi_os, note=" (arm64 under emulation: minutes)")
 
 
 def kernel_mounts_vfat() -> bool:

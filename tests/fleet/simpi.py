@@ -64,29 +64,40 @@ def ensure_host_tools() -> None:
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def rootfs() -> Path:
-    """The cached rootfs, built on first use (about a minute) and reused after."""
-    arch = run("dpkg", "--print-architecture").stdout.strip()
-    key = hashlib.sha256(f"{SUITE} {arch} {' '.join(PACKAGES)} {ROOTFS_SETUP}".encode()).hexdigest()[:12]
+def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str = "") -> Path:  # noqa: ANN001
+    """A debootstrap'd Debian root filesystem for `arch`, built once and cached under a key of everything that
+    shapes it; `customise(path)` finishes it before it is marked complete. Built aside and renamed into place,
+    so an interrupted build is never mistaken for a finished one."""
+    key = hashlib.sha256(f"{SUITE} {arch} {' '.join(packages)} {setup}".encode()).hexdigest()[:12]
     path = CACHE / f"rootfs-{SUITE}-{arch}-{key}"
     if (path / ".dreadpi-complete").exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
     building = path.with_name(path.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
-    print(f"simpi: building {path} with debootstrap (once; cached after)", file=sys.stderr, flush=True)
-    run("debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(building), MIRROR,
-        capture_output=False, stdout=subprocess.DEVNULL)
-    run("chroot", str(building), "useradd", "--create-home", "--uid", str(PI_UID), "--shell", "/bin/bash",
-        "--groups", "sudo", "pi")
-    sudoers = building / "etc/sudoers.d/010_pi-nopasswd"  # as Raspberry Pi OS ships it
-    sudoers.write_text("pi ALL=(ALL) NOPASSWD: ALL\n")
-    sudoers.chmod(0o440)
+    print(f"building {path} with debootstrap (once; cached after){note}", file=sys.stderr, flush=True)
+    run("debootstrap", f"--arch={arch}", "--variant=minbase", f"--include={','.join(packages)}", SUITE,
+        str(building), MIRROR, capture_output=False, stdout=subprocess.DEVNULL)
+    customise(building)
     run("chroot", str(building), "apt-get", "clean")
     (building / ".dreadpi-complete").write_text("")
     shutil.rmtree(path, ignore_errors=True)
     building.rename(path)
     return path
+
+
+def _add_pi_user(root: Path) -> None:
+    run("chroot", str(root), "useradd", "--create-home", "--uid", str(PI_UID), "--shell", "/bin/bash",
+        "--groups", "sudo", "pi")
+    sudoers = root / "etc/sudoers.d/010_pi-nopasswd"  # as Raspberry Pi OS ships it
+    sudoers.write_text("pi ALL=(ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+
+
+def rootfs() -> Path:
+    """The simulated Pis' rootfs, for this machine's own architecture (about a minute to build, once)."""
+    arch = run("dpkg", "--print-architecture").stdout.strip()
+    return cached_rootfs(arch, PACKAGES, ROOTFS_SETUP, _add_pi_user)
 
 
 def ansible_env(workdir: Path) -> dict:
