@@ -17,15 +17,14 @@ if TYPE_CHECKING:  # typing costs a Pi Zero real time at start-up; annotations a
 REQUIRED = object()  # sentinel default: the key must be given
 
 
-class Field(namedtuple("Field", ("parse", "default", "doc", "secret"), defaults=(REQUIRED, "", False))):
-    """One INI key: how to parse it, its default, the sentence documenting it, and whether it is a secret
-    (never echoed back in an error message)."""
+class Field(namedtuple("Field", ("parse", "default", "doc"), defaults=(REQUIRED, ""))):
+    """One INI key: how to parse it, its default, and the sentence documenting it. A secret key's parser
+    (text(secret=True)) keeps its value out of error messages."""
 
     __slots__ = ()
     parse: Callable[[str], Any]
     default: Any
     doc: str
-    secret: bool
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
