@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 from dreadpi import __version__, modes
-from dreadpi.errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, ConfigError, DreadpiError, UsageError
+from dreadpi.errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CollectorError, ConfigError, DreadpiError, UsageError
 
 EXIT_CODES = """exit codes:
   0   done; the mode was decided from a fresh reading (run), or the command succeeded
@@ -158,6 +158,46 @@ def cmd_override(args: SimpleNamespace) -> int:
     return EXIT_OK
 
 
+def cmd_enphase_auth(args: SimpleNamespace) -> int:
+    """First authorisation: the user approves the app in a browser, pastes the code, and the tokens are stored
+    where the cycle keeps rotating them. The exchange runs in the sandbox like any other collector call."""
+    import re
+
+    from dreadpi import collectors, cycle, lock, sandbox
+
+    cfg = _load(args.config)
+    if cfg.collector.source != "enphase":
+        raise UsageError(f"enphase-auth: collector.source is {cfg.collector.source}, not enphase; set it (and the "
+                         "[enphase] section) first")
+    collector = collectors.get("enphase")
+    print("1. Open this address, sign in with the Enlighten account of the system, and approve the application:")
+    print(f"   {collector.authorize_url(cfg.collector.settings)}")
+    print("2. Copy the code shown on the page that follows.")
+    print("3. Paste the code here (it is read from standard input, never from the command line): ", end="",
+          flush=True)
+    code = sys.stdin.readline().strip()
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{4,512}", code):
+        raise UsageError("enphase-auth: that is not an authorisation code (letters and digits, as shown by Enphase)")
+    ctx = collectors.Context(settings=cfg.collector.settings, state_dir=cfg.state_dir, now=time.time(),
+                             max_age=cfg.policy.max_age, timeout=cfg.collector.timeout, notes=[],
+                             secrets=[str(cfg.collector.settings[k] or "") for k in collector.secret_keys])
+    cycle.prepare_dirs(cfg)
+    with lock.held(cfg.state_dir, wait=cfg.collector.timeout + 15):
+        try:
+            step = collector.exchange(ctx, code)
+            who = sandbox.identity(cfg.collector.user, cfg.collector.group)
+            result = sandbox.run(step.argv, step.stdin, who,
+                                 sandbox.Limits(timeout=cfg.collector.timeout, memory_mb=cfg.collector.memory_limit))
+            failure = sandbox.describe_exit(result)
+            if failure:
+                raise CollectorError(failure)
+            collector.keep_authorisation(result.stdout, ctx)
+        except CollectorError as err:
+            raise CollectorError(collectors.redact(f"enphase-auth: {err}", ctx.secrets)) from None
+    print(f"Authorised: tokens stored in {cfg.state_dir} (0600, root); the cycle refreshes them from now on.")
+    return EXIT_OK
+
+
 # The grammar of each command: options taking a value, flags, and positional arguments in order. It is parsed
 # by hand because argparse (and the shutil it loads) costs a Pi Zero more than a whole cycle; argparse is loaded
 # only to print help.
@@ -166,8 +206,10 @@ COMMANDS = {
     "check-config": ({}, {}, ("file",)),
     "status": ({"-c": "config", "--config": "config"}, {"--json": "json"}, ()),
     "override": ({"-c": "config", "--config": "config", "--for": "duration"}, {}, ("mode",)),
+    "enphase-auth": ({"-c": "config", "--config": "config"}, {}, ()),
 }
-HANDLERS = {"run": cmd_run, "check-config": cmd_check_config, "status": cmd_status, "override": cmd_override}
+HANDLERS = {"run": cmd_run, "check-config": cmd_check_config, "status": cmd_status, "override": cmd_override,
+            "enphase-auth": cmd_enphase_auth}
 
 
 def parse_args(argv: list) -> SimpleNamespace:
@@ -230,6 +272,9 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
     override.add_argument("mode", help="drm0, drm3, drm2, drm1, or clear")
     override.add_argument("--for", dest="duration", help="how long, e.g. 2h, 90m, 1h30m (at most 7d)")
     override.add_argument("-c", "--config", help=config_help)
+
+    auth = sub.add_parser("enphase-auth", help="authorise dreadpi with Enlighten once (source enphase); as root")
+    auth.add_argument("-c", "--config", help=config_help)
     return parser
 
 

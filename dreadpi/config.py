@@ -244,7 +244,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
         if name == source:
             source_settings = settings
             if len(settings) == len(known[name]):  # every key parsed: cross-key checks make sense
-                problems.extend(f"{name}.{p}" for p in collectors.get(name).check(settings))
+                problems.extend(collectors.get(name).check(settings, pol))
     if coll.get("user") == "root":
         problems.append("collector.user: collectors never run as root; use an unprivileged user such as nobody")
     if coll.get("group") == "root":

@@ -35,26 +35,35 @@ class Outcome:
         return f"{clock.human(self.when)} {d.mode} ({d.percent}%): {d.reason}"
 
 
-def collect(config: Config) -> tuple:
-    """(reading, identity) from the configured source, run in the sandbox; CollectorError names the source."""
+def collect(config: Config, now: float) -> tuple:
+    """(reading, identity or None, notes) from the configured source, run in the sandbox unless the collector
+    already holds a usable reading; CollectorError names the source and never carries a secret."""
     source = config.collector.source
+    ctx = collectors.Context(settings=config.collector.settings, state_dir=config.state_dir, now=now,
+                             max_age=config.policy.max_age, timeout=config.collector.timeout, notes=[], secrets=[])
+    who = None
     try:
         collector = collectors.get(source)
-        who = sandbox.identity(config.collector.user, config.collector.group)
-        invocation = collector.invocation(config.collector.settings)
-        limits = sandbox.Limits(timeout=config.collector.timeout, memory_mb=config.collector.memory_limit)
-        result = sandbox.run(invocation.argv, invocation.stdin, who, limits)
-        failure = sandbox.describe_exit(result)
-        if failure:
-            raise CollectorError(failure)
-        reading = collector.parse(result.stdout, time.time())
+        ctx.secrets.extend(str(config.collector.settings.get(key) or "") for key in collector.secret_keys)
+        step = collector.plan(ctx)
+        if isinstance(step, Reading):
+            reading = step
+        else:
+            who = sandbox.identity(config.collector.user, config.collector.group)
+            limits = sandbox.Limits(timeout=config.collector.timeout, memory_mb=config.collector.memory_limit)
+            result = sandbox.run(step.argv, step.stdin, who, limits)
+            failure = sandbox.describe_exit(result)
+            if failure:
+                raise CollectorError(failure)
+            reading = collector.parse(result.stdout, ctx)
         problem = reading.problem(config.collector.max_watts)
         if problem:
             raise CollectorError(f"invalid reading: {problem}")
     except CollectorError as err:
-        raise CollectorError(f"{source}: {err}") from None
-    return reading, who
-
+        raise CollectorError(collectors.redact(f"{source}: {err}", ctx.secrets)) from None
+    finally:
+        ctx.notes[:] = [collectors.redact(f"{source}: {note}", ctx.secrets) for note in ctx.notes]
+    return reading, who, ctx.notes
 
 def prepare_dirs(config: Config) -> None:
     for directory in (config.state_dir, config.log_dir):
@@ -76,8 +85,9 @@ def _locked_cycle(config: Config) -> Outcome:
     reading: Reading | None = None
     failure: str | None = None
     try:
-        reading, who = collect(config)
-        if not who.dropped:
+        reading, who, collector_notes = collect(config, time.time())
+        notes.extend(collector_notes)
+        if who is not None and not who.dropped:
             notes.append(f"not running as root: the collector ran as {who.name}, without the sandbox user")
     except CollectorError as err:
         failure = str(err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 
 import pytest
 
@@ -36,6 +37,10 @@ def test_the_example_documents_every_key_and_is_valid():
     parser.read_string(text)
     for section in ("collector", "policy", "relays", "paths", "script"):
         assert set(parser[section]) == set(config.sections()[section]), section
+    for section in ("pvoutput", "enphase", "envoy"):  # commented out: only the chosen source's is given
+        block = text.split(f"# [{section}]\n", 1)[1].split("\n\n", 1)[0]
+        keys = set(re.findall(r"^# (\w+) =", block, re.M))
+        assert keys == set(config.sections()[section]), section
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -109,3 +114,54 @@ def test_permissions(tmp_path):
         os.chown(path, 65534, 65534)
         with pytest.raises(ConfigError, match="owned by uid 65534, not root"):
             config.check_permissions(str(path), as_root=True)
+
+
+API_BASE = "[collector]\nsource = {source}\n[{source}]\n"
+PV = "api_key = 0123456789abcdef\nsystem_id = 12\n"
+EN = "api_key = " + "a" * 32 + "\nclient_id = " + "b" * 32 + "\nclient_secret = " + "c" * 32 + "\nsystem_id = 7\n"
+ENVOY = "token = aaa.bbb.ccc\n"
+
+
+@pytest.mark.parametrize(("source", "body", "expected"), [
+    ("pvoutput", PV + "timezone = Mars/Olympus\n", "pvoutput.timezone: expected a time zone name such as "
+                                                      "Australia/Sydney"),
+    ("pvoutput", PV + "timezone = ../../etc/passwd\n", "pvoutput.timezone: expected a time zone name"),
+    ("pvoutput", "api_key = 0123456789abcdef\nsystem_id = 12a\n", "pvoutput.system_id: expected a numeric"),
+    ("pvoutput", "system_id = 1\n", "pvoutput.api_key: missing (required)"),
+    ("envoy", ENVOY + "host = https://envoy.local/\n", "envoy.host: expected the gateway's host name or IP"),
+    ("envoy", ENVOY + "host = envoy.local:8443\n", "envoy.host: expected the gateway's host name or IP"),
+    ("envoy", ENVOY + "host = 999.1.1.1\n", "envoy.host: expected the gateway's host name or IP"),
+    ("envoy", ENVOY + "host = envoy\ncert_sha256 = 12:34\n", "envoy.cert_sha256: expected a SHA-256 fingerprint"),
+    ("envoy", "host = envoy\ntoken = not-a-jwt\n", "envoy.token: expected an Enphase owner token"),
+    ("enphase", EN + "monthly_quota = 0\n", "enphase.monthly_quota: must be at least 10"),
+    ("enphase", EN + "min_interval = 5\n", "enphase.min_interval: must be at least 60"),
+    ("enphase", EN.replace("system_id = 7", "system_id = seven"), "enphase.system_id: expected a numeric"),
+])
+def test_api_collector_settings_are_validated(source: str, body: str, expected: str) -> None:
+    text = API_BASE.format(source=source) + body + "[policy]\nmax_age = 3600\n"
+    with pytest.raises(ConfigError) as caught:
+        config.parse_text(text)
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize(("source", "body", "secret"), [
+    ("pvoutput", "api_key = my secret key!\nsystem_id = 1\n", "my secret key!"),
+    ("enphase", EN.replace("c" * 32, "sh0rt!secret"), "sh0rt!secret"),
+    ("envoy", "host = envoy\ntoken = hunter2 token\n", "hunter2 token"),
+])
+def test_a_malformed_secret_is_not_quoted_back(source: str, body: str, secret: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.parse_text(API_BASE.format(source=source) + body + "[policy]\nmax_age = 3600\n")
+    assert caught.value.problems and secret not in str(caught.value)
+    assert "got the value given" in str(caught.value)
+
+
+def test_api_collector_settings_are_normalised() -> None:
+    fingerprint = ":".join(["AB"] * 32)
+    cfg = config.parse_text(API_BASE.format(source="envoy") + ENVOY + f"host = Envoy.LOCAL\ncert_sha256 = "
+                            f"{fingerprint}\n")
+    assert cfg.collector.settings == {"host": "envoy.local", "token": "aaa.bbb.ccc", "cert_sha256": "ab" * 32}
+    v6 = config.parse_text(API_BASE.format(source="envoy") + ENVOY + "host = fe80:0::1\n")
+    assert v6.collector.settings["host"] == "fe80::1"
+    en = config.parse_text(API_BASE.format(source="enphase") + EN + "[policy]\nmax_age = 3600\n")
+    assert en.collector.settings["monthly_quota"] == 1000 and en.collector.settings["min_interval"] is None

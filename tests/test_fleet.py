@@ -19,7 +19,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "dreadpi/__init__.py").r
 SECRETS = [
     "example0pvoutput0key0a1b2c3d4e5f60718293a4b5c", "example0enphase0api0key0f00dfeed",
     "example0enphase0client0id0cafe", "example0enphase0client0secret0beef", "example0enphase0refresh0token0d00d",
-    "example0envoy0jwt0eyJhbGciOiJFUzI1NiJ9",
+    "example0envoy0jwt.eyJleGFtcGxlIjoiZW52b3kifQ.ZXhhbXBsZTBzaWduYXR1cmU",
 ]
 OUTPUTS: list = []  # every playbook's output, for the secrets check
 
@@ -136,16 +136,24 @@ def test_a_wrong_variable_fails_before_anything_is_touched(fleet):
     assert recap(result.stdout)["sim-pi-1"]["changed"] == 0
 
 
+API_SOURCES = {  # what each API source needs besides the vaulted secrets
+    "pvoutput": ("-e", "dreadpi_pvoutput_system_id=12345", "-e", "dreadpi_pvoutput_timezone=Australia/Sydney"),
+    "enphase": ("-e", "dreadpi_enphase_system_id=4242", "-e", "dreadpi_policy_max_age=3600"),
+    "envoy": ("-e", "dreadpi_envoy_host=192.0.2.1"),
+}
+
+
 def test_secrets_never_appear_in_output(fleet):
     # Render configs that carry the vaulted secrets, with --diff and -vvv. Check mode renders and diffs the
     # file without running the validator, so a template task that let its diff through would print them here.
-    for source in ("enphase", "envoy"):
+    for source, extra in API_SOURCES.items():
         result = play(fleet, "config.yml", "--limit", "sim-pi-1", "--check", "--diff", "-vvv",
-                      "-e", f"dreadpi_collector_source={source}", "-e", "dreadpi_envoy_host=192.0.2.1")
+                      "-e", f"dreadpi_collector_source={source}", *extra)
         assert recap(result.stdout)["sim-pi-1"]["changed"] == 1  # the config would change: it was rendered
-    # And for real, whether or not this version's program accepts the source: nothing is printed either way.
-    play(fleet, "config.yml", "--limit", "sim-pi-1", "--diff", "-vvv", "-e", "dreadpi_collector_source=enphase",
-         check=False)
+        # And for real: the Pi's dreadpi check-config accepts the rendered secrets, and nothing is printed.
+        result = play(fleet, "config.yml", "--limit", "sim-pi-1", "--diff", "-vvv",
+                      "-e", f"dreadpi_collector_source={source}", *extra)
+        assert recap(result.stdout)["sim-pi-1"]["changed"] == 1
     play(fleet, "config.yml", "--limit", "sim-pi-1")
     assert OUTPUTS
     for output in OUTPUTS:

@@ -20,18 +20,22 @@ if TYPE_CHECKING:
         name: str
         schema: dict
 
-        def check(self, settings: dict) -> list:
-            """Problems between keys, as `key: problem`; single values are checked by the schema."""
+        def check(self, settings: dict, policy: dict) -> list:
+            """Problems between keys (single values are checked by the schema), as full `section.key: problem`."""
 
-        def invocation(self, settings: dict) -> Invocation:
-            """How to run this collector with its own settings, and nothing else."""
+        def plan(self, ctx: Context) -> Invocation | Reading:
+            """What to run in the sandbox, with this collector's settings and nothing else; or a reading already
+            in hand (an API budget may forbid a call). Raises CollectorError naming the cause."""
 
-        def parse(self, stdout: bytes, now: float) -> Reading:
+        def parse(self, stdout: bytes, ctx: Context) -> Reading:
             """Turn the process's output into a reading; raise CollectorError with the cause otherwise."""
 
 # Source name (also its INI section) -> module defining COLLECTOR.
 _MODULES = {
     "script": "dreadpi.collectors.script",
+    "pvoutput": "dreadpi.collectors.pvoutput",
+    "enphase": "dreadpi.collectors.enphase",
+    "envoy": "dreadpi.collectors.envoy",
 }
 
 NAMES = tuple(_MODULES)
@@ -43,6 +47,29 @@ class Invocation(namedtuple("Invocation", ("argv", "stdin"), defaults=(b"",))):
     __slots__ = ()
     argv: tuple
     stdin: bytes
+
+
+class Context(namedtuple("Context", ("settings", "state_dir", "now", "max_age", "timeout", "notes", "secrets"))):
+    """What a collector may know of one cycle: its own settings, the state dir for its own files, the time,
+    the policy's max_age and the sandbox timeout. `notes` collects warnings for the error log; `secrets` the
+    values no message may contain (settings' secrets plus stored tokens)."""
+
+    __slots__ = ()
+    settings: dict
+    state_dir: str
+    now: float
+    max_age: float
+    timeout: float
+    notes: list
+    secrets: list
+
+
+def redact(message: str, secrets: list) -> str:
+    """Belt and braces: collectors never quote a secret, but no message may carry one out either."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
 
 
 def get(name: str) -> Collector:

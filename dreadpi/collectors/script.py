@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from dreadpi.collectors import Invocation
+from dreadpi.collectors import Context, Invocation
 from dreadpi.errors import CollectorError
 from dreadpi.reading import Reading
 from dreadpi.schema import Field
@@ -31,18 +31,19 @@ def parse_command(text: str) -> tuple:
 
 class ScriptCollector:
     name = "script"
+    secret_keys = ()
     schema = {
         "command": Field(parse_command, doc="program and arguments printing WATTS or WATTS UNIX_TIMESTAMP; "
                                              "characters A-Za-z0-9 space _-./ only, no shell"),
     }
 
-    def check(self, settings: dict) -> list:
+    def check(self, settings: dict, policy: dict) -> list:
         return []
 
-    def invocation(self, settings: dict) -> Invocation:
-        return Invocation(argv=settings["command"])
+    def plan(self, ctx: Context) -> Invocation:
+        return Invocation(argv=ctx.settings["command"])
 
-    def parse(self, stdout: bytes, now: float) -> Reading:
+    def parse(self, stdout: bytes, ctx: Context) -> Reading:
         try:
             text = stdout.decode("ascii").strip()
         except UnicodeDecodeError:
@@ -55,7 +56,7 @@ class ScriptCollector:
             values = [float(field) for field in fields]
         except ValueError:
             raise CollectorError(f"expected numbers, got {' '.join(fields)[:40]!r}") from None
-        return Reading(watts=values[0], at=values[1] if len(values) == 2 else now, source=self.name)
+        return Reading(watts=values[0], at=values[1] if len(values) == 2 else ctx.now, source=self.name)
 
 
 COLLECTOR = ScriptCollector()
