@@ -198,6 +198,87 @@ def cmd_enphase_auth(args: SimpleNamespace) -> int:
     return EXIT_OK
 
 
+def _policy_for(args: SimpleNamespace):  # noqa: ANN202
+    """The policy of -c CONFIG, or the shipped defaults when no config is named."""
+    from dreadpi.policy import PolicySettings
+
+    return _load(args.config).policy if args.config_given else PolicySettings()
+
+
+def _number_option(text: str | None, name: str, default: float, minimum: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{name}: expected a number, got {text!r}") from None
+    if not value >= minimum:
+        raise UsageError(f"{name}: must be at least {minimum:g}, got {text!r}")
+    return value
+
+
+def _simulation_inputs(args: SimpleNamespace) -> tuple:
+    from dreadpi import simulate, trace
+    from dreadpi.policy import ActiveHours
+
+    settings = _policy_for(args)
+    try:
+        demand = ActiveHours.parse(args.demand) if args.demand else None
+    except ValueError as err:
+        raise UsageError(f"--demand: {err}") from None
+    ac = simulate.AirConditioner(_number_option(args.ac_watts, "--ac-watts", 2000.0, 1.0), demand)
+    step = _number_option(args.step, "--step", simulate.DEFAULT_STEP, 10.0)
+    samples = trace.load(args.trace, args.timezone or "")
+    return settings, ac, step, samples
+
+
+def cmd_simulate(args: SimpleNamespace) -> int:
+    """Replay a trace through the policy, beside two baselines (or a sweep of one setting)."""
+    from dreadpi import simulate
+
+    settings, ac, step, samples = _simulation_inputs(args)
+    try:
+        if args.sweep:
+            name, values = simulate.parse_sweep(args.sweep)
+            runs = simulate.sweep(samples, settings, ac, name, values, step)
+        else:
+            runs = simulate.compare(samples, settings, ac, step)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        import json
+
+        print(json.dumps({"ac_watts": ac.rated_watts, "step": step, "demand": str(ac.demand or "all day"),
+                          "runs": {run.name: run.figures for run in runs}}, indent=2, sort_keys=True))
+        return EXIT_OK
+    days = runs[0].figures["days"]
+    print(f"{args.trace}: {runs[0].figures['steps']} steps of {step:g} s ({days:g} days); air conditioner "
+          f"{ac.rated_watts:g} W, wanting to run {ac.demand or 'all day'}")
+    print(simulate.table(runs))
+    return EXIT_OK
+
+
+def cmd_plot(args: SimpleNamespace) -> int:
+    """A PNG of one day: from a plot log as it happened, or from a trace as the policy would have done it."""
+    from dreadpi import plot, simulate, trace
+
+    if not args.output:
+        raise UsageError("plot: say where to write the picture with -o FILE.png")
+    settings = _policy_for(args)
+    samples = trace.load(args.trace, args.timezone or "")
+    if all(sample.mode is not None for sample in samples):  # a plot log: what the Pi did
+        steps = [(s.epoch, s.offset, s.watts, s.mode) for s in samples]
+        what = "as it happened"
+    else:
+        _, ac, step, _ = _simulation_inputs(args)
+        steps = simulate.simulate(samples, settings, ac, step, keep_steps=True).steps
+        what = "simulated"
+    day, chosen = plot.day_of(steps, args.day)
+    plot.draw(chosen, settings, args.output, f"dreadpi {day} ({what}): generation and air conditioner mode")
+    print(f"{args.output}: {day}, {len(chosen)} points")
+    return EXIT_OK
+
+
 # The grammar of each command: options taking a value, flags, and positional arguments in order. It is parsed
 # by hand because argparse (and the shutil it loads) costs a Pi Zero more than a whole cycle; argparse is loaded
 # only to print help.
@@ -207,9 +288,14 @@ COMMANDS = {
     "status": ({"-c": "config", "--config": "config"}, {"--json": "json"}, ()),
     "override": ({"-c": "config", "--config": "config", "--for": "duration"}, {}, ("mode",)),
     "enphase-auth": ({"-c": "config", "--config": "config"}, {}, ()),
+    "simulate": ({"-c": "config", "--config": "config", "--ac-watts": "ac_watts", "--sweep": "sweep",
+                  "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {"--json": "json"}, ("trace",)),
+    "plot": ({"-c": "config", "--config": "config", "-o": "output", "--output": "output", "--day": "day",
+              "--ac-watts": "ac_watts", "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {},
+             ("trace",)),
 }
 HANDLERS = {"run": cmd_run, "check-config": cmd_check_config, "status": cmd_status, "override": cmd_override,
-            "enphase-auth": cmd_enphase_auth}
+            "enphase-auth": cmd_enphase_auth, "simulate": cmd_simulate, "plot": cmd_plot}
 
 
 def parse_args(argv: list) -> SimpleNamespace:
@@ -221,6 +307,7 @@ def parse_args(argv: list) -> SimpleNamespace:
         raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
     options, flags, positionals = COMMANDS[command]
     values: dict = {"command": command, "config": DEFAULT_CONFIG, "json": False, "duration": None}
+    values.update(dict.fromkeys(("ac_watts", "sweep", "step", "timezone", "demand", "output", "day")))
     given: list = []
     words = iter(rest)
     for word in words:
@@ -242,6 +329,7 @@ def parse_args(argv: list) -> SimpleNamespace:
         wanted = " ".join(p.upper() for p in positionals) or "no arguments"
         raise UsageError(f"{command}: expected {wanted}, got {' '.join(given) or 'nothing'}")
     values.update(zip(positionals, given))
+    values["config_given"] = values["config"] != DEFAULT_CONFIG
     return SimpleNamespace(**values)
 
 
@@ -275,6 +363,22 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
 
     auth = sub.add_parser("enphase-auth", help="authorise dreadpi with Enlighten once (source enphase); as root")
     auth.add_argument("-c", "--config", help=config_help)
+
+    sim = sub.add_parser("simulate", help="replay a generation trace through the policy, beside two baselines")
+    plot = sub.add_parser("plot", help="draw one day of a plot log or a trace as a PNG (needs dreadpi[plot])")
+    for each in (sim, plot):
+        each.add_argument("trace", metavar="TRACE" if each is sim else "LOG_OR_TRACE",
+                          help="timestamp,watts CSV (ISO 8601 or epoch), a PVOutput export, or a dreadpi plot log; "
+                               ".gz allowed")
+        each.add_argument("-c", "--config", help="take the [policy] from this config (default: shipped defaults)")
+        each.add_argument("--ac-watts", help="rated input of the air conditioner in W (default 2000)")
+        each.add_argument("--demand", help="HH:MM-HH:MM when the AC wants to run (default all day)")
+        each.add_argument("--step", help="seconds between cycles (default 300)")
+        each.add_argument("--timezone", help="zone of naive timestamps, e.g. Australia/Sydney (default local)")
+    sim.add_argument("--json", action="store_true", help="machine-readable figures")
+    sim.add_argument("--sweep", help="NAME=V1,V2,... e.g. hysteresis=0,50,100,200: the trade-off per value")
+    plot.add_argument("-o", "--output", help="PNG file to write")
+    plot.add_argument("--day", help="YYYY-MM-DD (default: the last day in the data)")
     return parser
 
 

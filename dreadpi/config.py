@@ -84,7 +84,7 @@ POLICY = {
     "threshold_high": Field(schema.number(minimum=0), 700.0, "watts below which drm3 (75 %) is asserted"),
     "threshold_off": Field(_optional_number(0), None,
                            "watts below which drm1 (compressor off) is asserted; empty = never (needs relays.drm1)"),
-    "hysteresis": Field(schema.number(minimum=0), 50.0,
+    "hysteresis": Field(schema.number(minimum=0), 150.0,
                         "watts a reading must clear a threshold by before a less restrictive mode is chosen"),
     "min_dwell": Field(schema.number(minimum=0), 1200.0, "seconds a mode is held before a normal change"),
     "max_age": Field(schema.number(minimum=1), 1000.0, "seconds after which a reading is stale"),

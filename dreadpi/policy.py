@@ -54,7 +54,7 @@ class PolicySettings(namedtuple(
     "PolicySettings",
     ("threshold_low", "threshold_high", "threshold_off", "hysteresis", "min_dwell", "max_age", "failsafe",
      "active_hours", "outside_mode"),
-    defaults=(400.0, 700.0, None, 50.0, 1200.0, 1000.0, "drm0", None, "drm0"),
+    defaults=(400.0, 700.0, None, 150.0, 1200.0, 1000.0, "drm0", None, "drm0"),
 )):
     """The `[policy]` section. Defaults keep the original dreadpi thresholds."""
 

@@ -73,7 +73,34 @@ def main() -> int:
     print(f"ratio             {ratio:7.2f}x      target <= {RATIO_TARGET:g}x: {verdict}")
     print(f"peak memory       {cycle_mem:7.1f} MiB   target <= {MEMORY_TARGET_MIB:g} MiB: "
           f"{'ok' if cycle_mem <= MEMORY_TARGET_MIB else 'OVER'}")
+    simulation_figures()
     return 0
+
+
+SIM_TARGET = 2.0  # seconds for a year of 5-minute steps through the policy
+
+
+def simulation_figures() -> None:
+    """A year of 5-minute steps (105,120) through the policy, and the README's table of policy vs original."""
+    sys.path.insert(0, str(REPO))
+    from dreadpi import simulate, trace
+    from dreadpi.policy import PolicySettings
+
+    ac = simulate.AirConditioner(2000.0)
+    for size in ("3", "5", "8"):
+        samples = trace.load(str(REPO / "data" / "traces" / f"greensboro-{size}kw-5min.csv.gz"))
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            ours = simulate.simulate(samples, PolicySettings(), ac)
+            timings.append(time.perf_counter() - started)
+        original = simulate.simulate(samples, PolicySettings()._replace(**simulate.ORIGINAL), ac)
+        best = min(timings)
+        o, p = ours.figures, original.figures
+        verdict = "ok" if best < SIM_TARGET else "OVER"
+        print(f"simulate {size} kW    {best:7.2f} s for {o['steps']} steps, target < {SIM_TARGET:g} s: {verdict}; "
+              f"switches/day {o['switches_per_day']:.2f} vs original {p['switches_per_day']:.2f}, "
+              f"solar share {o['solar_share'] * 100:.2f} % vs {p['solar_share'] * 100:.2f} %")
 
 
 if __name__ == "__main__":
