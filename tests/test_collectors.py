@@ -210,6 +210,11 @@ class Enlighten:
         return {TOKEN: self.token, SUMMARY: self.summary_route}
 
 
+def enlighten(certs: Certificates, cloud: Enlighten) -> ApiServer:
+    """The fake Enlighten cloud, served on the name the collector's fixed URLs use."""
+    return ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes())
+
+
 def _en_config(world_dir: Path, **enphase: str) -> Path:
     settings = {"api_key": EN_KEY, "client_id": EN_CLIENT, "client_secret": EN_SECRET, "system_id": "4242",
                 "refresh_token": "R0-initial", "min_interval": "600", **enphase}
@@ -232,7 +237,7 @@ def _open_the_budget(world_dir: Path) -> None:
 def test_enphase_rotates_tokens_and_stores_them_0600(world: World, world_dir: Path, certs: Certificates) -> None:
     cloud = Enlighten()
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()) as server:
+    with enlighten(certs, cloud) as server:
         first = world.dreadpi("run", "-c", str(config))
         assert first.returncode == 0, first.stderr
         info = status(world, config)
@@ -264,7 +269,7 @@ def test_enphase_keeps_to_the_interval_by_reusing_the_last_reading(world: World,
                                                                   certs: Certificates) -> None:
     cloud = Enlighten()
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()) as server:
+    with enlighten(certs, cloud) as server:
         assert world.dreadpi("run", "-c", str(config)).returncode == 0
         cloud.summary["current_power"] = 100
         again = world.dreadpi("run", "-c", str(config))
@@ -291,7 +296,7 @@ def test_enphase_quota_backs_off_until_period_end(world: World, world_dir: Path,
                                       "Watt", "code": 429, "period": "month", "period_end": end, "limit": 1000})
     config = _en_config(world_dir)
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(end))
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()) as server:
+    with enlighten(certs, cloud) as server:
         run = world.dreadpi("run", "-c", str(config))
         assert run.returncode == 4
         assert reason_of(world, config) == f"enphase: quota exhausted until {until}"
@@ -306,7 +311,7 @@ def test_enphase_refused_refresh_token_says_how_to_reauthorise(world: World, wor
                                                                certs: Certificates) -> None:
     cloud = Enlighten(refresh="something-else")
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()):
+    with enlighten(certs, cloud):
         run = world.dreadpi("run", "-c", str(config))
     assert run.returncode == 4
     reason = reason_of(world, config)
@@ -318,7 +323,7 @@ def test_enphase_revoked_access_token_gets_one_refresh_and_one_retry(world: Worl
                                                                      certs: Certificates) -> None:
     cloud = Enlighten()
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()) as server:
+    with enlighten(certs, cloud) as server:
         assert world.dreadpi("run", "-c", str(config)).returncode == 0
         cloud.valid_access.clear()  # revoked before it expired
         _open_the_budget(world_dir)
@@ -339,7 +344,7 @@ def test_enphase_bad_answers_end_in_the_failsafe(world: World, world_dir: Path, 
     cloud = Enlighten()
     cloud.summary_reply = reply
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()):
+    with enlighten(certs, cloud):
         run = world.dreadpi("run", "-c", str(config))
     assert run.returncode == 4
     assert reason_of(world, config).startswith(reason)
@@ -350,7 +355,7 @@ def test_enphase_status_not_normal_is_a_warning(world: World, world_dir: Path, c
     cloud = Enlighten()
     cloud.summary["status"] = "comm"
     config = _en_config(world_dir)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()):
+    with enlighten(certs, cloud):
         assert world.dreadpi("run", "-c", str(config)).returncode == 0
     assert "warning: enphase: Enlighten reports system status 'comm' (not normal)" in _log(world_dir)
 
@@ -360,7 +365,7 @@ def test_enphase_unwritable_token_store_fails_safe_and_says_so(world: World, wor
     cloud = Enlighten(expires_in=0)  # every run refreshes
     config = _en_config(world_dir)
     path = world_dir / "state" / "enphase-tokens.json"
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()):
+    with enlighten(certs, cloud):
         assert world.dreadpi("run", "-c", str(config)).returncode == 0
         _open_the_budget(world_dir)
         subprocess.run(["chattr", "+i", str(path)], check=True)  # readable, but cannot be replaced
@@ -386,7 +391,7 @@ def test_enphase_interrupted_cycles_never_leave_a_broken_token_file(world: World
     config = _en_config(world_dir)
     path = world_dir / "state" / "enphase-tokens.json"
     rng = random.Random(7)
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()):
+    with enlighten(certs, cloud):
         assert world.dreadpi("run", "-c", str(config)).returncode == 0
         for _ in range(12):
             (world_dir / "state" / "enphase-budget.json").unlink(missing_ok=True)
@@ -415,7 +420,7 @@ def _collector_running() -> bool:
 def test_enphase_auth_exchanges_the_pasted_code(world: World, world_dir: Path, certs: Certificates) -> None:
     cloud = Enlighten()
     config = _en_config(world_dir, refresh_token="")
-    with ApiServer("api.enphaseenergy.com", *certs.pair("api.enphaseenergy.com"), cloud.routes()) as server:
+    with enlighten(certs, cloud) as server:
         before = world.dreadpi("run", "-c", str(config))
         assert before.returncode == 4
         assert "not authorised" in reason_of(world, config)
