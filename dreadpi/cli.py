@@ -217,26 +217,26 @@ def _number_option(text: str | None, name: str, default: float, minimum: float) 
     return value
 
 
-def _simulation_inputs(args: SimpleNamespace) -> tuple:
-    from dreadpi import simulate, trace
+def _air_conditioner(args: SimpleNamespace) -> tuple:
+    """(air conditioner, step) from --ac-watts, --demand and --step."""
+    from dreadpi import simulate
     from dreadpi.policy import ActiveHours
 
-    settings = _policy_for(args)
     try:
         demand = ActiveHours.parse(args.demand) if args.demand else None
     except ValueError as err:
         raise UsageError(f"--demand: {err}") from None
     ac = simulate.AirConditioner(_number_option(args.ac_watts, "--ac-watts", 2000.0, 1.0), demand)
-    step = _number_option(args.step, "--step", simulate.DEFAULT_STEP, 10.0)
-    samples = trace.load(args.trace, args.timezone or "")
-    return settings, ac, step, samples
+    return ac, _number_option(args.step, "--step", simulate.DEFAULT_STEP, 10.0)
 
 
 def cmd_simulate(args: SimpleNamespace) -> int:
     """Replay a trace through the policy, beside two baselines (or a sweep of one setting)."""
-    from dreadpi import simulate
+    from dreadpi import simulate, trace
 
-    settings, ac, step, samples = _simulation_inputs(args)
+    settings = _policy_for(args)
+    ac, step = _air_conditioner(args)
+    samples = trace.load(args.trace, args.timezone or "")
     try:
         if args.sweep:
             name, values = simulate.parse_sweep(args.sweep)
@@ -270,7 +270,7 @@ def cmd_plot(args: SimpleNamespace) -> int:
         steps = [(s.epoch, s.offset, s.watts, s.mode) for s in samples]
         what = "as it happened"
     else:
-        _, ac, step, _ = _simulation_inputs(args)
+        ac, step = _air_conditioner(args)
         steps = simulate.simulate(samples, settings, ac, step, keep_steps=True).steps
         what = "simulated"
     day, chosen = plot.day_of(steps, args.day)
