@@ -66,17 +66,25 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     from dreadpi import config as config_mod
 
     try:
-        config_mod.load(args.file)
+        cfg = config_mod.load(args.file)
     except ConfigError as err:
         for problem in err.problems:
             print(f"{err.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{args.file}: OK")
+    if cfg.relays.backend != "sim":
+        from dreadpi.relays import facts
+
+        # What this machine's board and kernel mean for the relays: facts, not the file's validity (a config is
+        # also checked where it is written, such as an image being baked, with no GPIO at all).
+        for line in facts.sentences(facts.describe(cfg.relays, cfg.state_dir)):
+            print(line)
     return EXIT_OK
 
 
 def status_dict(cfg) -> dict:
     from dreadpi import state as state_store
+    from dreadpi.relays import facts
 
     saved, problem = state_store.load(cfg.state_dir, recover=False)
     now = time.time()
@@ -98,6 +106,7 @@ def status_dict(cfg) -> dict:
         "updated_at": _iso(saved.updated_at),
         "version": __version__,
         "state_format": state_store.FORMAT,
+        "board": facts.describe(cfg.relays, cfg.state_dir),
     }
 
 
@@ -127,6 +136,10 @@ def cmd_status(args: SimpleNamespace) -> int:
     if info["override"]:
         print(f"override  {info['override']['mode']} until {info['override']['until']}")
     print(f"updated   {info['updated_at']}")
+    from dreadpi.relays import facts
+
+    for line in facts.sentences(info["board"]):
+        print(line)
     return EXIT_OK
 
 
@@ -288,13 +301,22 @@ COMMANDS = {
     "status": ({"-c": "config", "--config": "config"}, {"--json": "json"}, ()),
     "override": ({"-c": "config", "--config": "config", "--for": "duration"}, {}, ("mode",)),
     "enphase-auth": ({"-c": "config", "--config": "config"}, {}, ()),
+    "relay-hold": ({"-c": "config", "--config": "config"}, {}, ()),
     "simulate": ({"-c": "config", "--config": "config", "--ac-watts": "ac_watts", "--sweep": "sweep",
                   "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {"--json": "json"}, ("trace",)),
     "plot": ({"-c": "config", "--config": "config", "-o": "output", "--output": "output", "--day": "day",
               "--ac-watts": "ac_watts", "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {},
              ("trace",)),
 }
-HANDLERS = {"run": cmd_run, "check-config": cmd_check_config, "status": cmd_status, "override": cmd_override,
+def cmd_relay_hold(args: SimpleNamespace) -> int:
+    from dreadpi.relays import hold
+
+    cfg = _load(args.config)
+    return hold.serve(cfg.relays, cfg.state_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+HANDLERS = {"run": cmd_run, "relay-hold": cmd_relay_hold, "check-config": cmd_check_config, "status": cmd_status,
+            "override": cmd_override,
             "enphase-auth": cmd_enphase_auth, "simulate": cmd_simulate, "plot": cmd_plot}
 
 
@@ -363,6 +385,10 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
 
     auth = sub.add_parser("enphase-auth", help="authorise dreadpi with Enlighten once (source enphase); as root")
     auth.add_argument("-c", "--config", help=config_help)
+
+    holder = sub.add_parser("relay-hold", help="the relay hold service: keeps gpiochip relay lines driven between "
+                                              "cycles where the kernel would release them (systemd runs it)")
+    holder.add_argument("-c", "--config", help=config_help)
 
     sim = sub.add_parser("simulate", help="replay a generation trace through the policy, beside two baselines")
     plot = sub.add_parser("plot", help="draw one day of a plot log or a trace as a PNG (needs dreadpi[plot])")

@@ -18,7 +18,7 @@ from dreadpi.schema import REQUIRED, Field
 
 DEFAULT_PATH = "/etc/dreadpi/dreadpi.cfg"
 
-RELAY_BACKENDS = ("rpi-gpio", "sim")
+RELAY_BACKENDS = ("rpi-gpio", "gpiochip", "sim")
 
 
 def _optional_number(minimum: float):  # noqa: ANN202
@@ -95,7 +95,13 @@ POLICY = {
 }
 
 RELAYS = {
-    "backend": Field(schema.choice(*RELAY_BACKENDS), "sim", "rpi-gpio on a Pi; sim keeps levels in a file"),
+    "backend": Field(schema.choice(*RELAY_BACKENDS), "sim",
+                     "rpi-gpio on a Pi (RPi.GPIO, from python3-rpi-lgpio or python3-rpi.gpio); gpiochip drives the "
+                     "kernel's GPIO device with no library (any Pi, a Pi 5 on Debian too); sim keeps levels in a file"),
+    "hold": Field(schema.choice("auto", "yes", "no"), "auto",
+                  "who keeps gpiochip lines driven between cycles: auto = the kernel where it keeps released outputs, "
+                  "else the relay hold service; yes = always the service; no = never (refused where the kernel "
+                  "would release them)"),
     "pins": Field(_pins, (17, 27), "BCM GPIO numbers of relay 1, relay 2, ... (17 27 = physical pins 11 13)"),
     "active_low": Field(schema.boolean, False, "yes when a LOW input energises a relay (most opto boards)"),
     "drm0": Field(_pattern, (0, 0), "relays energised for drm0; must be all 0 so a dead Pi means normal"),
@@ -126,7 +132,7 @@ class CollectorSettings(namedtuple("CollectorSettings",
     settings: dict
 
 
-class RelaySettings(namedtuple("RelaySettings", ("backend", "pins", "active_low", "patterns"))):
+class RelaySettings(namedtuple("RelaySettings", ("backend", "pins", "active_low", "patterns", "hold"))):
     """The `[relays]` section; `patterns` maps each mode the board can assert to its tuple of 0/1."""
 
     __slots__ = ()
@@ -134,6 +140,7 @@ class RelaySettings(namedtuple("RelaySettings", ("backend", "pins", "active_low"
     pins: tuple
     active_low: bool
     patterns: dict
+    hold: str
 
 
 class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir"))):
@@ -260,7 +267,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
         path=path,
         collector=CollectorSettings(settings=source_settings, **coll),
         policy=policy,
-        relays=RelaySettings(rel["backend"], rel["pins"], rel["active_low"], patterns),
+        relays=RelaySettings(rel["backend"], rel["pins"], rel["active_low"], patterns, rel["hold"]),
         state_dir=core["paths"]["state_dir"],
         log_dir=core["paths"]["log_dir"],
     )

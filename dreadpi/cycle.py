@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import time
 
-from dreadpi import clock, collectors, lock, logs, sandbox
+from dreadpi import clock, collectors, hardware, lock, logs, sandbox
 from dreadpi import state as state_store
 from dreadpi.config import Config
 from dreadpi.errors import EXIT_FAILSAFE, EXIT_OK, CollectorError, RelayError
 from dreadpi.policy import Decision, Previous, decide
 from dreadpi.reading import Reading
-from dreadpi.relays import Board, open_backend
+from dreadpi.relays import open_relays
 
 
 class Outcome:
@@ -103,15 +103,20 @@ def _locked_cycle(config: Config) -> Outcome:
                       max_watts=config.collector.max_watts)
     pattern = patterns[decision.mode]
 
+    boot = hardware.boot_id()
     try:
-        backend = open_backend(config.relays.backend, config.state_dir)
-        board = Board(backend, config.relays.pins, config.relays.active_low)
-        readback = board.read_pattern()
+        board, relay_note = open_relays(config.relays, config.state_dir)
+        if relay_note:
+            notes.append(relay_note)
+        # Levels a backend cannot read without disturbing a pin are the ones this dreadpi drove since this boot.
+        trusted = tuple(saved.pin_levels) if saved.pin_levels and saved.boot_id == boot else None
+        current = board.current(trusted)
+        readback = board.pattern(current)
         if saved.relays is not None and readback != tuple(saved.relays):
             shown = " ".join(map(str, readback)) if readback else "not driven"
             notes.append(f"relays read back as {shown}, not {' '.join(map(str, saved.relays))} as last driven "
                          f"(a reboot?); re-driving")
-        levels = board.drive(pattern)
+        levels = board.drive(pattern, current)
     except RelayError as err:
         logs.error(config.log_dir, now, f"error: {err}; wanted {decision.mode}: {decision.reason}")
         raise
@@ -121,6 +126,7 @@ def _locked_cycle(config: Config) -> Outcome:
         since=saved.since if decision.mode == saved.mode and saved.since else epoch,
         relays=list(pattern),
         pin_levels=list(levels),
+        boot_id=boot,
         watts=reading.watts if reading else None,
         reading_at=reading.at if reading else None,
         source=config.collector.source,

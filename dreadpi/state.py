@@ -58,6 +58,7 @@ _DEFAULTS = {
     "since": 0.0,  # when this mode was first asserted
     "relays": None,  # list: energised pattern as driven, relay 1 first
     "pin_levels": None,  # list: electrical levels as driven
+    "boot_id": "",  # the kernel's boot id when they were driven: after a reboot the pins are inputs again
     "watts": None,  # float | None
     "reading_at": None,  # float | None
     "source": "",
@@ -118,7 +119,7 @@ def _valid(raw: dict) -> bool:
             return False
     if not all(isinstance(raw.get(key, False), bool) for key in ("failsafe", "manual")):
         return False
-    if not all(isinstance(raw.get(key, ""), str) for key in ("reason", "source")):
+    if not all(isinstance(raw.get(key, ""), str) for key in ("reason", "source", "boot_id")):
         return False
     return isinstance(raw.get("extra", {}), dict)
 

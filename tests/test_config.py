@@ -54,7 +54,7 @@ def test_the_example_documents_every_key_and_is_valid():
     ("[policy]\nfailsafe = drm1\n", "policy.failsafe: drm1 has no relay pattern (relays.drm1)"),
     ("[policy]\nthreshold_off = 100\n", "policy.threshold_off: needs relays.drm1"),
     ("[policy]\nactive_hours = 5-21\n", "policy.active_hours: expected HH:MM-HH:MM"),
-    ("[relays]\nbackend = gpio\n", "relays.backend: must be one of rpi-gpio, sim; got 'gpio'"),
+    ("[relays]\nbackend = gpio\n", "relays.backend: must be one of rpi-gpio, gpiochip, sim; got 'gpio'"),
     ("[relays]\npins = 17 17\n", "relays.pins: a pin is listed twice"),
     ("[relays]\npins = 17 40\n", "relays.pins: expected BCM GPIO numbers from 2 to 27, got '40'"),
     ("[relays]\ndrm0 = 1 0\n", "relays.drm0: must de-energise every relay"),

@@ -1,19 +1,65 @@
-"""Relays on a Raspberry Pi's GPIO header through RPi.GPIO (Debian package python3-rpi.gpio).
+"""Relays through the RPi.GPIO module, whichever Debian package provides it.
+
+Two packages do, and they cannot be installed together: python3-rpi.gpio (register access through /dev/gpiomem;
+every Pi but the Pi 5) and python3-rpi-lgpio (Raspberry Pi OS's choice since late 2024: the same API on the
+kernel's gpiochip device through lgpio; every Pi, the Pi 5 included). Their reads differ in one way that matters
+here: rpi-lgpio's `setup(pin, OUT)` without `initial`, and its `input()` on a line it has not claimed, claim the
+line as an input first, which drops an energised relay. So under rpi-lgpio nothing is read through RPi.GPIO: the
+kernel's line info says whether a pin is still an output, and a pin is only ever claimed with the level its relay
+needs (`setup(..., initial=level)`).
 
 Never calls GPIO.cleanup(): cron starts a new process each cycle, and the levels must stay driven in between.
 """
 
 from __future__ import annotations
 
+import os
+
+from dreadpi import hardware
 from dreadpi.errors import RelayError
+
+REGISTER = "python3-rpi.gpio"
+GPIOCHIP = "python3-rpi-lgpio"
+
+
+def provider() -> str | None:
+    """Which package's RPi.GPIO is installed, found without importing it (importing rpi-lgpio opens a chip)."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("RPi.GPIO")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    package_dir = os.path.dirname(os.path.dirname(spec.origin))  # .../RPi
+    try:
+        register = any(name.startswith("_GPIO") for name in os.listdir(package_dir))
+    except OSError:
+        register = False
+    return REGISTER if register else GPIOCHIP
 
 
 class RpiGpioBackend:
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.chip = None
+        if kind == GPIOCHIP:
+            from dreadpi.relays.gpiochip import header_chip
+
+            self.chip = header_chip()
+            # rpi-lgpio takes the chip number from here; the label found it, whatever this kernel numbers it.
+            os.environ.setdefault("RPI_LGPIO_CHIP", self.chip.path[len("/dev/gpiochip"):])
+        elif hardware.has_rp1(hardware.revision()):
+            raise RelayError(f"rpi-gpio relays: this {hardware.model() or 'Raspberry Pi 5'} has its header on the "
+                             f"RP1 chip, which {REGISTER} (register access) cannot drive. Set relays.backend = "
+                             f"gpiochip (needs no library), or install {GPIOCHIP} from the Raspberry Pi OS archive")
         try:
             import RPi.GPIO as gpio
         except ImportError:
-            raise RelayError("rpi-gpio relays: RPi.GPIO is not installed; run: apt install python3-rpi.gpio") from None
+            raise RelayError("rpi-gpio relays: RPi.GPIO is not installed; run: apt install python3-rpi-lgpio "
+                             "(Raspberry Pi OS) or python3-rpi.gpio (Debian), or set relays.backend = gpiochip"
+                             ) from None
         except RuntimeError as err:  # "This module can only be run on a Raspberry Pi!"
             raise RelayError(f"rpi-gpio relays: {err}") from None
         self.gpio = gpio
@@ -24,30 +70,57 @@ class RpiGpioBackend:
             raise RelayError(f"rpi-gpio relays: {err}") from None
 
     def read(self, pins: tuple) -> tuple | None:
+        if self.chip is not None:
+            return self._read_line_info(pins)
         gpio = self.gpio
         try:
             if any(gpio.gpio_function(pin) != gpio.OUT for pin in pins):
                 return None  # after a reboot the pins are inputs again
             levels = []
             for pin in pins:
-                # RPi.GPIO reads only channels set up in this process. The pin is already an output, and setup
-                # without `initial` leaves its output latch alone, so this changes nothing on the header.
+                # Register access reads only channels set up in this process. The pin is already an output, and
+                # setup without `initial` leaves its output latch alone, so this changes nothing on the header.
                 gpio.setup(pin, gpio.OUT)
                 levels.append(int(gpio.input(pin)))
             return tuple(levels)
         except (RuntimeError, ValueError) as err:
             raise RelayError(f"rpi-gpio relays: cannot read pins: {err}") from None
 
+    def _read_line_info(self, pins: tuple) -> tuple | None:
+        from dreadpi.relays.gpiochip import held_elsewhere
+
+        infos = [self.chip.line_info(pin) for pin in pins]
+        for info in infos:
+            if info.used:
+                raise RelayError(held_elsewhere(info.offset, info.consumer))
+        if not all(info.output for info in infos):
+            return None
+        return tuple(None for _ in pins)  # driven, at levels the kernel does not tell without a claim
+
     def write(self, pins: tuple, levels: tuple) -> None:
         gpio = self.gpio
+        import sys
+
+        library_error = getattr(sys.modules.get("lgpio"), "error", RuntimeError)  # rpi-lgpio lets lgpio's through
         try:
             for pin, level in zip(pins, levels):
-                # The initial level is written before the pin becomes an output, so it never glitches.
+                # `initial` is written before the pin becomes an output (register access), or given with the claim
+                # (rpi-lgpio), so the pin never shows another level on the way.
                 gpio.setup(pin, gpio.OUT, initial=gpio.HIGH if level else gpio.LOW)
-                gpio.output(pin, gpio.HIGH if level else gpio.LOW)
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, library_error) as err:
+            if self.chip is not None and "busy" in str(err).lower():
+                from dreadpi.relays.gpiochip import held_elsewhere
+
+                for pin in pins:
+                    info = self.chip.line_info(pin)
+                    if info.used:
+                        raise RelayError(held_elsewhere(pin, info.consumer)) from None
             raise RelayError(f"rpi-gpio relays: cannot drive pins: {err}") from None
 
 
 def open_backend(state_dir: str) -> RpiGpioBackend:
-    return RpiGpioBackend()
+    kind = provider()
+    if kind is None:
+        raise RelayError("rpi-gpio relays: RPi.GPIO is not installed; run: apt install python3-rpi-lgpio "
+                         "(Raspberry Pi OS) or python3-rpi.gpio (Debian), or set relays.backend = gpiochip")
+    return RpiGpioBackend(kind)
