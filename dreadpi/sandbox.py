@@ -17,7 +17,7 @@ from collections import namedtuple
 from dreadpi.errors import CollectorError
 
 MAX_OUTPUT = 64 * 1024  # a reading is a few bytes; anything near this is a broken collector
-MAX_STDIN = 32 * 1024  # settings always fit the pipe buffer, so writing them can never block
+MAX_STDIN = 60 * 1024  # a collector program and its settings fit a pipe buffer (64 KiB), so writing never blocks
 MAX_FILE_SIZE = 1024 * 1024
 _PR_SET_NO_NEW_PRIVS = 38
 _EXEC_FAILED = 127

@@ -8,6 +8,7 @@ addresses and the system CA bundle is a test CA made here with openssl. Nothing 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +18,10 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # what Debian's python3-requests trusts
@@ -84,6 +87,7 @@ class Certificates:
 class Request:
     def __init__(self, method: str, path: str, headers: dict, body: bytes) -> None:
         parsed = urllib.parse.urlsplit(path)
+        self.raw_path = path
         self.method = method
         self.path = parsed.path
         self.query = dict(urllib.parse.parse_qsl(parsed.query))
@@ -112,9 +116,10 @@ def hang() -> Reply:
 
 
 class ApiServer:
-    """An HTTPS server on ADDRESSES[name]:443; `routes[path](request) -> Reply`; every request is recorded."""
+    """An HTTPS server on ADDRESSES[name]:443; `routes[path](request) -> Reply`; every request is recorded.
+    Without a certificate it is a plain HTTP server on port 80, as gateways with firmware before 7 are."""
 
-    def __init__(self, name: str, cert: Path, key: Path, routes: dict) -> None:
+    def __init__(self, name: str, cert: Path | None, key: Path | None, routes: dict) -> None:
         self.name = name
         self.routes = routes
         self.requests: list = []
@@ -153,14 +158,16 @@ class ApiServer:
 
             do_GET = do_POST = _serve  # noqa: N815
 
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(str(cert), str(key))
-        self.httpd = ThreadingHTTPServer((ADDRESSES[name], 443), Handler, bind_and_activate=False)
+        if cert:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(str(cert), str(key))
+        self.httpd = ThreadingHTTPServer((ADDRESSES[name], 443 if cert else 80), Handler, bind_and_activate=False)
         self.httpd.daemon_threads = True
         self.httpd.allow_reuse_address = True
         self.httpd.server_bind()
         self.httpd.server_activate()
-        self.httpd.socket = self.context.wrap_socket(self.httpd.socket, server_side=True)
+        if cert:
+            self.httpd.socket = self.context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
@@ -217,3 +224,50 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:  # noqa: ANN001
             return True
         time.sleep(0.02)
     return False
+
+
+def plain_server(name: str, routes: dict) -> ApiServer:
+    """A plain HTTP server on ADDRESSES[name]:80: a gateway with firmware before 7."""
+    return ApiServer(name, None, None, routes)
+
+
+class Digest:
+    """HTTP digest authentication (RFC 7616, MD5, qop=auth) as an old gateway guards a route with it: a 401 with
+    a fresh challenge unless the request proves one of `users` ({name: password}). `accepted` lists who got in."""
+
+    realm = "enphaseenergy.com"
+
+    def __init__(self, users: dict, reply: Callable[[Request], Reply]) -> None:
+        self.users = users
+        self.reply = reply
+        self.nonces: set = set()
+        self.accepted: list = []
+
+    def __call__(self, request: Request) -> Reply:
+        fields = _digest_fields(request.headers.get("authorization", ""))
+        user = fields.get("username", "")
+        if fields.get("nonce") in self.nonces and user in self.users and fields.get("response") == self._expected(
+                request, fields, self.users[user]):
+            self.accepted.append(user)
+            return self.reply(request)
+        nonce = os.urandom(12).hex()
+        self.nonces.add(nonce)
+        challenge = f'Digest realm="{self.realm}", qop="auth", nonce="{nonce}", opaque="{os.urandom(4).hex()}"'
+        return Reply(401, "<html><body>401 Unauthorized</body></html>", content_type="text/html",
+                     headers={"WWW-Authenticate": challenge})
+
+    def _expected(self, request: Request, fields: dict, password: str) -> str:
+        def md5(text: str) -> str:
+            return hashlib.md5(text.encode()).hexdigest()
+
+        if fields.get("uri") != request.raw_path or fields.get("qop") != "auth":
+            return "no"
+        ha1 = md5(f"{fields['username']}:{self.realm}:{password}")
+        ha2 = md5(f"{request.method}:{fields['uri']}")
+        return md5(f"{ha1}:{fields['nonce']}:{fields.get('nc', '')}:{fields.get('cnonce', '')}:auth:{ha2}")
+
+
+def _digest_fields(header: str) -> dict:
+    if not header.lower().startswith("digest "):
+        return {}
+    return urllib.request.parse_keqv_list(urllib.request.parse_http_list(header[7:]))
