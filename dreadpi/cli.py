@@ -72,6 +72,10 @@ def cmd_check_config(args: SimpleNamespace) -> int:
             print(f"{err.path}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{args.file}: OK")
+    from dreadpi import collectors
+
+    for note in getattr(collectors.get(cfg.collector.source), "advice", lambda settings: [])(cfg.collector.settings):
+        print(f"note: {note}")
     if cfg.relays.backend != "sim":
         from dreadpi.relays import facts
 

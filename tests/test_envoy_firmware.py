@@ -364,6 +364,7 @@ def test_the_token_is_optional_in_the_config(world_dir: Path) -> None:
     config = gateway_config(world_dir)
     done = dreadpi("check-config", str(config))
     assert done.returncode == 0, done.stderr
+    assert "note: envoy.token is empty: that works only with gateway firmware before 7" in done.stdout
     settings = {"host": "envoy.test", "token": "", "cert_sha256": ""}
     assert envoy.COLLECTOR.advice(settings) == [
         "envoy.token is empty: that works only with gateway firmware before 7 (Envoy-R, early Envoy-S), which "
