@@ -49,7 +49,7 @@ def fake_pi(root, world_dir):
 def run_on_fake_pi(directory: Path, cfg: Path) -> subprocess.CompletedProcess:
     binds = "".join(f"mount --bind /dev/{name} {directory}/dev/{name} && " for name in DEVICES)
     shell = (f"mount --make-rprivate / && {binds}mount --bind {directory}/cpuinfo /proc/cpuinfo && "
-             f"mount --bind {directory}/dev /dev && exec \"$0\" -m dreadpi run -c {cfg}")
+             f"mount --rbind {directory}/dev /dev && exec \"$0\" -m dreadpi run -c {cfg}")
     return subprocess.run(["unshare", "--mount", "sh", "-c", shell, sys.executable], capture_output=True,
                           text=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
