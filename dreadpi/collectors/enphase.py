@@ -11,7 +11,6 @@ write files:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 
@@ -39,7 +38,11 @@ def interval(settings: dict) -> float:
 def _seed(settings: dict) -> str:
     """Which configured refresh_token the stored tokens descend from (a hash: the store must not repeat it)."""
     token = settings.get("refresh_token") or ""
-    return hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
+    if not token:
+        return ""
+    import hashlib  # here, not at the top: config validation imports every collector on every cycle
+
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def _hhmm(epoch: float) -> str:
