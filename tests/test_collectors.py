@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dreadpi.collectors import api
 from tests.apiworld import ApiServer, Certificates, Reply, World, ensure_debian_requests, hang, status, wait_for
 from tests.conftest import require_root, write_config
 
@@ -408,9 +409,12 @@ def test_enphase_interrupted_cycles_never_leave_a_broken_token_file(world: World
 
 
 def _collector_running() -> bool:
+    """A sandboxed collector child outlives a SIGKILLed cycle (it has its own session) until its own deadline;
+    it shows as the interpreter running the bootstrap that loads the fetch modules."""
+    boot = api._BOOT.encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if b"fetch_common" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if boot in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return True
         except OSError:
             pass
