@@ -30,7 +30,7 @@ def measure(argv: list, env: dict) -> tuple:
     elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed with {proc.returncode}: {proc.stderr.read().decode()}")
+        raise SystemExit(f"{' '.join(argv[:3])} ... failed with {proc.returncode}: {proc.stderr.read().decode()}")
     proc.stderr.close()
     return elapsed, usage.ru_maxrss / 1024
 
@@ -47,34 +47,85 @@ def interleaved(first: list, second: list, env: dict) -> tuple:
             (statistics.median(t for t, _ in b), max(m for _, m in b)))
 
 
+PI_PYTHON = ["/usr/bin/python3", "-I"] if os.path.exists("/usr/bin/python3") else [sys.executable, "-I"]
+
+
+def cycle_argv(python: list, cfg: Path, *extra_paths: str) -> list:
+    """What the installed command does: the program found after the standard library on sys.path (where Debian
+    puts packages), so stdlib imports do not search the checkout first."""
+    paths = "".join(f"; sys.path.append({path!r})" for path in (str(REPO), *extra_paths))
+    return [*python, "-c", f"import sys{paths}; from dreadpi.cli import entry; sys.exit(entry())", "run", "-c",
+            str(cfg)]
+
+
+def write_config(directory: Path, backend: str) -> Path:
+    cfg = directory / f"dreadpi-{backend}.cfg"
+    cfg.write_text(
+        "[collector]\nsource = script\n[script]\ncommand = /bin/echo 550\n[policy]\nmin_dwell = 0\n"
+        f"[relays]\nbackend = {backend}\n[paths]\nstate_dir = {directory}/state-{backend}\n"
+        f"log_dir = {directory}/log\n"
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+def report(label: str, python: list, bare: tuple, cycle: tuple) -> None:
+    (bare_s, bare_mem), (cycle_s, cycle_mem) = bare, cycle
+    ratio = cycle_s / bare_s
+    print(f"{' '.join(python)} -c pass   {bare_s * 1000:7.1f} ms   peak {bare_mem:5.1f} MiB")
+    print(f"dreadpi run ({label})   {cycle_s * 1000:7.1f} ms   peak {cycle_mem:5.1f} MiB")
+    print(f"  ratio {ratio:.2f}x (target <= {RATIO_TARGET:g}x: {'ok' if ratio <= RATIO_TARGET else 'OVER'}), "
+          f"peak {cycle_mem:.1f} MiB (target <= {MEMORY_TARGET_MIB:g} MiB: "
+          f"{'ok' if cycle_mem <= MEMORY_TARGET_MIB else 'OVER'})")
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--inner"]:  # on the emulated Pi: measure there, print the two figures as JSON
+        import json
+
+        bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], json.loads(sys.argv[2]), dict(os.environ))
+        print(json.dumps([bare, cycle]))
+        return 0
     directory = Path(tempfile.mkdtemp(prefix="dreadpi-bench-"))
     directory.chmod(0o755)
     try:
-        cfg = directory / "dreadpi.cfg"
-        cfg.write_text(
-            "[collector]\nsource = script\n[script]\ncommand = /bin/echo 550\n[policy]\nmin_dwell = 0\n"
-            f"[relays]\nbackend = sim\n[paths]\nstate_dir = {directory}/state\nlog_dir = {directory}/log\n"
-        )
-        cfg.chmod(0o600)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        # What the installed /usr/bin/dreadpi does, with the package found where Debian puts it: after the
-        # standard library on sys.path (dist-packages), so stdlib imports do not search the checkout first.
-        wrapper = f"import sys; sys.path.append({str(REPO)!r}); from dreadpi.cli import entry; sys.exit(entry())"
-        (bare, bare_mem), (cycle, cycle_mem) = interleaved(
-            [sys.executable, "-c", "pass"], [sys.executable, "-c", wrapper, "run", "-c", str(cfg)], env)
+        print(f"interpreter: {' '.join(PI_PYTHON)} ({subprocess.check_output([PI_PYTHON[0], '-V'], text=True).strip()})"
+              f", {RUNS} runs each, medians, interleaved")
+        bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, write_config(directory, "sim")),
+                                  env)
+        report("script collector, sim relays", PI_PYTHON, bare, cycle)
+        lgpio_figures(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    ratio = cycle / bare
-    print(f"interpreter       {sys.executable} ({sys.version.split()[0]}), {RUNS} runs each, medians")
-    print(f"python3 -c pass   {bare * 1000:7.1f} ms   peak {bare_mem:5.1f} MiB")
-    print(f"dreadpi run       {cycle * 1000:7.1f} ms   peak {cycle_mem:5.1f} MiB   (script collector, sim relays)")
-    verdict = "ok" if ratio <= RATIO_TARGET else "OVER"
-    print(f"ratio             {ratio:7.2f}x      target <= {RATIO_TARGET:g}x: {verdict}")
-    print(f"peak memory       {cycle_mem:7.1f} MiB   target <= {MEMORY_TARGET_MIB:g} MiB: "
-          f"{'ok' if cycle_mem <= MEMORY_TARGET_MIB else 'OVER'}")
     simulation_figures()
     return 0
+
+
+def lgpio_figures(directory: Path) -> None:
+    """The rpi-gpio backend through the real rpi-lgpio and lgpio on an emulated Pi 4 (tests/gpiochip: the
+    kernel's gpiochip answered by an LD_PRELOAD shim, which the bare interpreter also loads)."""
+    import json
+
+    if os.geteuid() != 0:
+        print("dreadpi run (rpi-lgpio): skipped, the emulated Pi needs root (sudo make bench)")
+        return
+    sys.path.insert(0, str(REPO))
+    from tests.gpiochip import FakePi, ensure_libraries
+
+    site = ensure_libraries()
+    cfg = write_config(directory, "rpi-gpio")
+    with FakePi(model="pi4", persist=True) as pi:
+        result = pi.run([*PI_PYTHON, str(Path(__file__).resolve()), "--inner",
+                         json.dumps(cycle_argv(PI_PYTHON, cfg, str(site)))], env={"BENCH_RUNS": str(RUNS)},
+                        timeout=600)
+        if result.returncode != 0:
+            raise SystemExit(f"the rpi-lgpio benchmark failed: {result.stderr}")
+        bare, cycle = json.loads(result.stdout)
+        lines = pi.lines()
+    if (lines[17].direction, lines[27].direction, lines[27].level) != ("out", "out", 1):
+        raise SystemExit("the rpi-lgpio benchmark did not drive drm3")
+    report("script collector, rpi-gpio through rpi-lgpio, emulated Pi 4", PI_PYTHON, tuple(bare), tuple(cycle))
 
 
 SIM_TARGET = 2.0  # seconds for a year of 5-minute steps through the policy

@@ -44,16 +44,24 @@ class RpiGpioBackend:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.chip = None
+        self._gpio = None
         if kind == GPIOCHIP:
             from dreadpi.relays.gpiochip import header_chip
 
             self.chip = header_chip()
             # rpi-lgpio takes the chip number from here; the label found it, whatever this kernel numbers it.
             os.environ.setdefault("RPI_LGPIO_CHIP", self.chip.path[len("/dev/gpiochip"):])
-        elif hardware.has_rp1(hardware.revision()):
+            return  # RPi.GPIO (and lgpio) only when a pin must change: most cycles change none
+        if hardware.has_rp1(hardware.revision()):
             raise RelayError(f"rpi-gpio relays: this {hardware.model() or 'Raspberry Pi 5'} has its header on the "
                              f"RP1 chip, which {REGISTER} (register access) cannot drive. Set relays.backend = "
                              f"gpiochip (needs no library), or install {GPIOCHIP} from the Raspberry Pi OS archive")
+        self.gpio  # noqa: B018 (register access reads through the library: import it now, failing clearly)
+
+    @property
+    def gpio(self):  # noqa: ANN201 (the RPi.GPIO module)
+        if self._gpio is not None:
+            return self._gpio
         try:
             import RPi.GPIO as gpio
         except ImportError:
@@ -62,12 +70,13 @@ class RpiGpioBackend:
                              ) from None
         except RuntimeError as err:  # "This module can only be run on a Raspberry Pi!"
             raise RelayError(f"rpi-gpio relays: {err}") from None
-        self.gpio = gpio
         try:
             gpio.setwarnings(False)
             gpio.setmode(gpio.BCM)
         except (RuntimeError, ValueError) as err:
             raise RelayError(f"rpi-gpio relays: {err}") from None
+        self._gpio = gpio
+        return gpio
 
     def read(self, pins: tuple) -> tuple | None:
         if self.chip is not None:
