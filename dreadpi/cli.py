@@ -111,6 +111,14 @@ def status_dict(cfg) -> dict:
         "version": __version__,
         "state_format": state_store.FORMAT,
         "board": facts.describe(cfg.relays, cfg.state_dir),
+        "health": {
+            "failing_since": _iso(saved.failing_since),
+            "consecutive_failsafe": saved.consecutive_failsafe,
+            "problem": saved.problem,
+            "last_good_reading_at": _iso(saved.last_good_reading_at),
+            "credential_expires_at": _iso(saved.credential_expires_at),
+            "switches_total": saved.switches_total,
+        },
     }
 
 
@@ -140,6 +148,14 @@ def cmd_status(args: SimpleNamespace) -> int:
     if info["override"]:
         print(f"override  {info['override']['mode']} until {info['override']['until']}")
     print(f"updated   {info['updated_at']}")
+    health = info["health"]
+    if health["problem"]:
+        print(f"health    failing since {health['failing_since']} ({health['problem']}, "
+              f"{health['consecutive_failsafe']} failsafe cycles in a row)")
+    else:
+        print("health    ok")
+    if health["credential_expires_at"]:
+        print(f"credential expires {health['credential_expires_at']}")
     from dreadpi.relays import facts
 
     for line in facts.sentences(info["board"]):

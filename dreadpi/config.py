@@ -115,7 +115,27 @@ PATHS = {
     "log_dir": Field(schema.absolute_path, "/var/log/dreadpi", "error.log and plot.log (rotated by logrotate)"),
 }
 
-CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS}
+def _schedule(text: str) -> str:
+    value = " ".join(text.split())
+    if value:
+        from dreadpi.cron import Schedule
+
+        Schedule(value)  # ValueError says what is wrong
+    return value
+
+
+def _optional_dir(text: str) -> str:
+    return schema.absolute_path(text) if text.strip() else ""
+
+
+METRICS = {
+    "textfile_dir": Field(_optional_dir, "", "where each cycle writes dreadpi.prom for node_exporter's textfile "
+                                             "collector; empty = no metrics"),
+    "schedule": Field(_schedule, "", "the cron schedule the cycles run on (five fields, as in /etc/cron.d/dreadpi), "
+                                     "so the metrics can say when the next cycle is due; empty = unknown"),
+}
+
+CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS, "metrics": METRICS}
 
 
 class CollectorSettings(namedtuple("CollectorSettings",
@@ -143,7 +163,15 @@ class RelaySettings(namedtuple("RelaySettings", ("backend", "pins", "active_low"
     hold: str
 
 
-class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir"))):
+class MetricsSettings(namedtuple("MetricsSettings", ("textfile_dir", "schedule"))):
+    """The `[metrics]` section."""
+
+    __slots__ = ()
+    textfile_dir: str
+    schedule: str
+
+
+class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir", "metrics"))):
     __slots__ = ()
     path: str
     collector: CollectorSettings
@@ -151,6 +179,7 @@ class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "sta
     relays: RelaySettings
     state_dir: str
     log_dir: str
+    metrics: MetricsSettings
 
 
 def sections() -> dict:
@@ -270,6 +299,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
         relays=RelaySettings(rel["backend"], rel["pins"], rel["active_low"], patterns, rel["hold"]),
         state_dir=core["paths"]["state_dir"],
         log_dir=core["paths"]["log_dir"],
+        metrics=MetricsSettings(**core["metrics"]),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from dreadpi import clock, collectors, hardware, lock, logs, sandbox
+from dreadpi import clock, collectors, hardware, health, lock, logs, sandbox
 from dreadpi import state as state_store
 from dreadpi.config import Config
 from dreadpi.errors import EXIT_FAILSAFE, EXIT_OK, CollectorError, RelayError
@@ -18,12 +18,13 @@ class Outcome:
     """What a cycle did: the decision, the reading it rested on, the state saved, and warnings for people."""
 
     def __init__(self, decision: Decision, reading: Reading | None, state: state_store.State, when: clock.Instant,
-                 notes: list) -> None:
+                 notes: list, collector_seconds: float = 0.0) -> None:
         self.decision = decision
         self.reading = reading
         self.state = state
         self.when = when
         self.notes = notes
+        self.collector_seconds = collector_seconds
 
     @property
     def exit_code(self) -> int:
@@ -60,7 +61,7 @@ def collect(config: Config, now: float) -> tuple:
         if problem:
             raise CollectorError(f"invalid reading: {problem}")
     except CollectorError as err:
-        raise CollectorError(collectors.redact(f"{source}: {err}", ctx.secrets)) from None
+        raise CollectorError(collectors.redact(f"{source}: {err}", ctx.secrets), err.problem) from None
     finally:
         ctx.notes[:] = [collectors.redact(f"{source}: {note}", ctx.secrets) for note in ctx.notes]
     return reading, who, ctx.notes
@@ -83,14 +84,16 @@ def _locked_cycle(config: Config) -> Outcome:
     notes = [problem] if problem else []
 
     reading: Reading | None = None
-    failure: str | None = None
+    failure: CollectorError | None = None
+    started = time.monotonic()
     try:
         reading, who, collector_notes = collect(config, time.time())
         notes.extend(collector_notes)
         if who is not None and not who.dropped:
             notes.append(f"not running as root: the collector ran as {who.name}, without the sandbox user")
     except CollectorError as err:
-        failure = str(err)
+        failure = err
+    collector_seconds = time.monotonic() - started
 
     now = clock.now()
     epoch = now.epoch
@@ -99,9 +102,12 @@ def _locked_cycle(config: Config) -> Outcome:
     if override is not None and override.mode not in patterns:
         notes.append(f"override to {override.mode} ignored: relays.{override.mode} is not configured")
         override = None
-    decision = decide(reading, previous, now, config.policy, failure=failure, override=override,
-                      max_watts=config.collector.max_watts)
+    decision = decide(reading, previous, now, config.policy, failure=str(failure) if failure else None,
+                      override=override, max_watts=config.collector.max_watts)
     pattern = patterns[decision.mode]
+    # A failsafe without a collector failure is a reading the policy refused: stale or from the future.
+    problem_class = failure.problem if failure else ("stale" if decision.failsafe else None)
+    expires_at, credential, renew = _credential(config)
 
     boot = hardware.boot_id()
     try:
@@ -119,8 +125,19 @@ def _locked_cycle(config: Config) -> Outcome:
         levels = board.drive(pattern, current)
     except RelayError as err:
         logs.error(config.log_dir, now, f"error: {err}; wanted {decision.mode}: {decision.reason}")
+        # The relays are as they were; only the health learns of it, so status and the metrics show why.
+        for key, value in health.after_cycle(saved, decision.failsafe, "relay", None, epoch, 0, expires_at).items():
+            setattr(saved, key, value)
+        saved.updated_at = epoch
+        state_store.save(config.state_dir, saved)
+        _report(config, Outcome(decision, reading, saved, now, notes, collector_seconds), relays_driven=False)
         raise
 
+    fields = health.after_cycle(saved, decision.failsafe, problem_class, reading.at if reading else None, epoch,
+                                health.switches(readback, pattern), expires_at)
+    warning = health.credential_warning(fields, epoch, credential, renew)
+    if warning:
+        notes.append(warning)
     new = state_store.State(
         mode=decision.mode,
         since=saved.since if decision.mode == saved.mode and saved.since else epoch,
@@ -136,6 +153,7 @@ def _locked_cycle(config: Config) -> Outcome:
         manual=decision.manual,
         updated_at=epoch,
         override=saved.override if override is not None else None,
+        **fields,
     )
     state_store.save(config.state_dir, new)
     logs.plot(config.log_dir, now, new.watts, decision.mode, decision.percent, new.extra)
@@ -143,4 +161,31 @@ def _locked_cycle(config: Config) -> Outcome:
         logs.error(config.log_dir, now, f"warning: {note}")
     if failure:
         logs.error(config.log_dir, now, f"error: {failure}; asserted {decision.mode}")
-    return Outcome(decision, reading, new, now, notes)
+    elif decision.failsafe:  # a refused reading: the README promises every failsafe's reason here
+        logs.error(config.log_dir, now, f"error: {decision.reason}")
+    outcome = Outcome(decision, reading, new, now, notes, collector_seconds)
+    _report(config, outcome)
+    return outcome
+
+
+def _credential(config: Config) -> tuple:
+    """(expiry or None, what expires, how to renew it) for the configured collector, known locally."""
+    collector = collectors.get(config.collector.source)
+    known = getattr(collector, "credential_expiry", None)
+    if known is None:
+        return None, "", ""
+    return known(config.collector.settings, config.state_dir)
+
+
+def _report(config: Config, outcome: Outcome, relays_driven: bool = True) -> None:
+    """What the cycle decided, to whoever is configured to hear it. A report can neither change the decision
+    nor the relays, nor fail the cycle: its problems become warnings in the error log."""
+    if not config.metrics.textfile_dir:
+        return
+    from dreadpi.reports import metrics
+
+    try:
+        metrics.write(config, outcome, relays_driven)
+    except OSError as err:
+        logs.error(config.log_dir, outcome.when, f"warning: metrics not written to {config.metrics.textfile_dir}: "
+                                                 f"{err.strerror or err}")

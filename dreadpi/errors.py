@@ -38,8 +38,17 @@ class LockedError(DreadpiError):
     exit_code = EXIT_LOCKED
 
 
+# Why a cycle could not do its job, in a small fixed set a person (or an alert rule) can act on.
+PROBLEMS = ("auth", "quota", "unreachable", "bad-answer", "stale", "relay", "config")
+
+
 class CollectorError(DreadpiError):
-    """Getting a reading failed; the cycle answers it with the failsafe, so the message becomes the reason."""
+    """Getting a reading failed; the cycle answers it with the failsafe, so the message becomes the reason.
+    `problem` is its class in PROBLEMS."""
+
+    def __init__(self, message: str, problem: str = "bad-answer") -> None:
+        super().__init__(message)
+        self.problem = problem if problem in PROBLEMS else "bad-answer"
 
 
 class RelayError(DreadpiError):

@@ -130,7 +130,8 @@ def run(argv: tuple, stdin: bytes, who: Identity, limits: Limits) -> Result:
         _kill_group(pid)
         _, status = os.waitpid(pid, 0)
     if failure:
-        raise CollectorError(failure)
+        # A collector that ran out of time was waiting on its source; one that printed too much is broken.
+        raise CollectorError(failure, "unreachable" if failure.startswith("timed out") else "bad-answer")
     return Result(os.waitstatus_to_exitcode(status), outputs[0], outputs[1], who)
 
 

@@ -10,6 +10,7 @@ import math
 import os
 
 from dreadpi import modes
+from dreadpi.errors import PROBLEMS
 from dreadpi.policy import Override
 
 FILENAME = "state.json"
@@ -68,6 +69,14 @@ _DEFAULTS = {
     "manual": False,
     "updated_at": 0.0,
     "override": None,  # {"mode": ..., "until": ...} | None
+    # Health (dreadpi.health): kept across cycles and reboots.
+    "consecutive_failsafe": 0,
+    "failing_since": None,  # float | None: when the current run of failures began
+    "last_good_reading_at": None,  # float | None
+    "problem": None,  # one of errors.PROBLEMS | None
+    "switches_total": 0,  # relay changes ever
+    "credential_expires_at": None,  # float | None
+    "credential_warned_at": None,  # float | None
     "format": FORMAT,
 }
 
@@ -106,6 +115,14 @@ def _valid(raw: dict) -> bool:
     if raw.get("mode") is not None and raw["mode"] not in modes.ALL:
         return False
     if not (_number(raw.get("since"), False) and _number(raw.get("watts")) and _number(raw.get("reading_at"))):
+        return False
+    if not all(_number(raw.get(key)) for key in ("failing_since", "last_good_reading_at", "credential_expires_at",
+                                                 "credential_warned_at")):
+        return False
+    counts = (raw.get("consecutive_failsafe", 0), raw.get("switches_total", 0))
+    if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts):
+        return False
+    if raw.get("problem") is not None and raw["problem"] not in PROBLEMS:
         return False
     override = raw.get("override")
     if override is not None:

@@ -92,21 +92,23 @@ def test_pvoutput_reads_power_and_time_in_the_systems_zone(world: World, world_d
     assert PV_KEY not in _everything_visible(world_dir, run)
 
 
-PV_ERRORS = [
-    (401, "Unauthorized 401: Invalid API Key", "pvoutput: 401 Invalid API Key; check pvoutput.api_key"),
-    (401, "Unauthorized 401: Invalid System ID", "pvoutput: 401 Invalid System ID"),
-    (400, "Bad request 400: No status found", "pvoutput: 400 No status found; the system has not uploaded"),
-    (403, "Forbidden 403: Read only key", "pvoutput: 403 Read only key"),
+PV_ERRORS = [  # status, body, reason, problem class (status --json health.problem)
+    (401, "Unauthorized 401: Invalid API Key", "pvoutput: 401 Invalid API Key; check pvoutput.api_key", "auth"),
+    (401, "Unauthorized 401: Invalid System ID", "pvoutput: 401 Invalid System ID", "auth"),
+    (400, "Bad request 400: No status found", "pvoutput: 400 No status found; the system has not uploaded",
+     "bad-answer"),
+    (403, "Forbidden 403: Read only key", "pvoutput: 403 Read only key", "auth"),
     (403, "Forbidden 403: Exceeded 60 requests per hour", "pvoutput: 403 Exceeded 60 requests per hour; the limit "
-                                                          "resets at"),
-    (200, "<html><body>Maintenance</body></html>", "pvoutput: answered HTTP 200 with text/html"),
+                                                          "resets at", "quota"),
+    (200, "<html><body>Maintenance</body></html>", "pvoutput: answered HTTP 200 with text/html", "bad-answer"),
+    (503, "Service Unavailable 503: try later", "pvoutput: 503 try later", "unreachable"),
 ]
 
 
-@pytest.mark.parametrize(("code", "body", "reason"), PV_ERRORS)
+@pytest.mark.parametrize(("code", "body", "reason", "problem"), PV_ERRORS)
 def test_pvoutput_error_bodies_end_in_the_failsafe_with_the_cause(world: World, world_dir: Path,
                                                                   certs: Certificates, code: int, body: str,
-                                                                  reason: str) -> None:
+                                                                  reason: str, problem: str) -> None:
     kind = "text/html" if body.startswith("<") else "text/plain"
     headers = {"X-Rate-Limit-Reset": str(int(time.time()) + 1800)}
     routes = {STATUS: lambda r: Reply(code, body, content_type=kind, headers=headers)}
@@ -118,6 +120,8 @@ def test_pvoutput_error_bodies_end_in_the_failsafe_with_the_cause(world: World, 
     assert info["mode"] == "drm0" and info["failsafe"]
     assert reason_of(world, config).startswith(reason), info["reason"]
     assert reason in _log(world_dir)
+    assert info["health"]["problem"] == problem
+    assert info["health"]["consecutive_failsafe"] == 1 and info["health"]["failing_since"]
 
 
 def test_pvoutput_nan_power_is_missing_not_zero(world: World, world_dir: Path, certs: Certificates) -> None:

@@ -71,6 +71,9 @@ def test_a_timestamped_reading_that_is_stale_gets_the_failsafe(world_dir):
     assert result.returncode == 4
     assert info["failsafe"] and info["mode"] == "drm0"
     assert "s old (max_age 1000 s)" in info["reason"]
+    # Every failsafe cycle leaves its reason in the error log, a refused reading too.
+    assert "s old (max_age 1000 s)" in error_log(world_dir)
+    assert info["health"]["problem"] == "stale" and info["health"]["consecutive_failsafe"] == 1
 
 
 BAD_COLLECTORS = [
@@ -83,7 +86,7 @@ BAD_COLLECTORS = [
     ("/bin/true", "expected WATTS or WATTS UNIX_TIMESTAMP, got ''"),
     ("/bin/false", "exited with status 1"),
     ("/usr/bin/yes", "printed more than 65536 bytes"),
-    ("/bin/sleep 30", "timed out after 2 s"),
+    ("/bin/sleep 30", "timed out after 2 s"),  # the only one a source that does not answer causes: unreachable
     ("/nonexistent/collector", "cannot start /nonexistent/collector"),
 ]
 
@@ -101,6 +104,7 @@ def test_every_collector_failure_ends_in_the_failsafe_with_its_reason(world_dir,
     assert f"failsafe (drm0): script: {cause}" in info["reason"] or cause in info["reason"], info["reason"]
     assert pins(world_dir) == {"17": 0, "27": 0}
     assert cause in error_log(world_dir)
+    assert info["health"]["problem"] == ("unreachable" if "timed out" in cause else "bad-answer")
     assert info["watts"] is None
 
 

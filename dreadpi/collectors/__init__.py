@@ -30,6 +30,9 @@ if TYPE_CHECKING:
         def parse(self, stdout: bytes, ctx: Context) -> Reading:
             """Turn the process's output into a reading; raise CollectorError with the cause otherwise."""
 
+        # Optional: def credential_expiry(self, settings: dict, state_dir: str) -> tuple
+        #     (epoch or None, what expires, how to renew it), known locally: never sends the credential.
+
 # Source name (also its INI section) -> module defining COLLECTOR.
 _MODULES = {
     "script": "dreadpi.collectors.script",

@@ -70,6 +70,11 @@ def error(result: dict) -> str | None:
     return str(message)[:300] or "failed without saying why"
 
 
+def problem(result: dict) -> str:
+    """The failure's class as the child named it (dreadpi.errors.PROBLEMS); CollectorError checks it."""
+    return str(result.get("problem") or "bad-answer")
+
+
 def reading(result: dict, source: str) -> Reading:
     """The reading in a successful result; types are checked here, plausibility by Reading.problem()."""
     watts, at = result.get("watts"), result.get("at")

@@ -23,6 +23,7 @@ AUTHORIZE_URL = "https://api.enphaseenergy.com/oauth/authorize"
 REDIRECT_URI = "https://api.enphaseenergy.com/oauth/redirect_uri"  # Enphase's default: shows the code to copy
 MONTH = 31 * 86400.0  # the longest month: a budget that fits it fits every month
 REAUTHORISE = "re-authorise with: dreadpi enphase-auth"
+REFRESH_IDLE = 30 * 86400.0  # a refresh token expires after about a month without use
 
 
 def _optional_seconds(raw: str) -> float | None:
@@ -71,6 +72,16 @@ class EnphaseCollector:
                                                        "monthly_quota (2679 s for 1000)"),
     }
 
+    def credential_expiry(self, settings: dict, state_dir: str) -> tuple:
+        """An Enlighten refresh token stops working after a month unused (each refresh issues a new one), so the
+        stored one expires a month after it was stored; unknown before the first refresh."""
+        try:
+            stored = api.Store(state_dir, self.name).read("tokens")
+        except CollectorError:  # a broken store is the cycle's error to report, not this estimate's
+            stored = None
+        at = _float((stored or {}).get("stored_at"))
+        return (at + REFRESH_IDLE if at else None), "the Enlighten refresh token", REAUTHORISE
+
     def check(self, settings: dict, policy: dict) -> list:
         max_age = policy.get("max_age")
         spacing = interval(settings)
@@ -93,7 +104,7 @@ class EnphaseCollector:
                 ctx.notes.append(f"quota exhausted until {_hhmm(blocked)}; reusing the reading from "
                                  f"{_hhmm(fresh.at)}")
                 return fresh
-            raise CollectorError(f"quota exhausted until {_hhmm(blocked)}; no API call before then")
+            raise CollectorError(f"quota exhausted until {_hhmm(blocked)}; no API call before then", "quota")
         spacing = interval(ctx.settings)
         last_call = _float(budget.get("last_call"))
         if last_call and 0 <= ctx.now - last_call < spacing:
@@ -101,7 +112,7 @@ class EnphaseCollector:
                 return fresh
             raise CollectorError(f"no API call before {_hhmm(last_call + spacing)} (one every {spacing / 60:.0f} "
                                  f"min keeps within {ctx.settings['monthly_quota']} a month) and the last reading "
-                                 f"is {_age(cached, ctx.now)}")
+                                 f"is {_age(cached, ctx.now)}", "quota")
         tokens = self._tokens(ctx, store)
         budget["last_call"] = ctx.now
         store.write("budget", budget)
@@ -121,7 +132,7 @@ class EnphaseCollector:
         ctx.notes.extend(api.warnings(result))
         failure = api.error(result)
         if failure:
-            raise CollectorError(failure)
+            raise CollectorError(failure, api.problem(result))
         found = api.reading(result, self.name)
         budget["last"] = {"watts": found.watts, "at": found.at}
         budget.pop("blocked_until", None)
@@ -140,7 +151,8 @@ class EnphaseCollector:
             tokens = {"access_token": "", "refresh_token": ctx.settings["refresh_token"], "access_expires_at": 0}
         if not tokens["refresh_token"]:
             where = f"{store.path('tokens')} is missing" if not stored else f"{store.path('tokens')} has no token"
-            raise CollectorError(f"not authorised: {where} and enphase.refresh_token is empty; {REAUTHORISE}")
+            raise CollectorError(f"not authorised: {where} and enphase.refresh_token is empty; {REAUTHORISE}",
+                                 "auth")
         ctx.secrets.extend(str(tokens[key] or "") for key in ("access_token", "refresh_token"))
         return tokens
 
@@ -180,7 +192,7 @@ class EnphaseCollector:
         result = api.decode(stdout)
         failure = api.error(result)
         if failure:
-            raise CollectorError(failure)
+            raise CollectorError(failure, api.problem(result))
         if result.get("tokens") is None:
             raise CollectorError("the token endpoint returned no tokens")
         self._keep_tokens(result, ctx, api.Store(ctx.state_dir, self.name))

@@ -70,6 +70,22 @@ def parse_fingerprint(raw: str) -> str:
     return value
 
 
+def token_expiry(token: str) -> float | None:
+    """The `exp` claim of a JWT (epoch seconds), or None when the token has none or is not a JWT."""
+    import base64
+    import json
+
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) and exp > 0 else None
+
+
 def derived_passwords(serial: str) -> list:
     """The digest passwords firmware before 7 derives from `serial` (see fetch_envoy), for redaction only."""
     if not serial:
@@ -94,6 +110,11 @@ class EnvoyCollector:
 
     def check(self, settings: dict, policy: dict) -> list:
         return []
+
+    def credential_expiry(self, settings: dict, state_dir: str) -> tuple:
+        """The owner token's `exp` claim, read without verifying or sending the token anywhere."""
+        return (token_expiry(settings.get("token") or ""), "the Envoy owner token",
+                "get a new one at https://entrez.enphaseenergy.com and set envoy.token")
 
     def advice(self, settings: dict) -> list:
         """Notes for `check-config`: not problems, but what these settings imply."""
@@ -139,7 +160,7 @@ class EnvoyCollector:
         ctx.notes.extend(api.warnings(result))
         failure = api.error(result)
         if failure:
-            raise CollectorError(failure + self._hint(result, store, ctx))
+            raise CollectorError(failure + self._hint(result, store, ctx), api.problem(result))
         reading = api.reading(result, self.name)
         extra = result.get("extra")
         if reading.extra and "consumption_watts" in reading.extra and isinstance(extra, dict) \

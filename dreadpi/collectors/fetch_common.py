@@ -19,7 +19,23 @@ CONNECT_TIMEOUT = 10.0
 
 
 class Failure(Exception):
-    """A failure with a message fit for the error log: names the cause, holds no secret."""
+    """A failure with a message fit for the error log: names the cause, holds no secret. `problem` is its class
+    (auth, quota, unreachable, bad-answer, config; see dreadpi.errors.PROBLEMS)."""
+
+    def __init__(self, message: str, problem: str = "bad-answer") -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+def status_problem(status: int) -> str:
+    """The class of an HTTP error status: what a person has to do about it differs."""
+    if status in (401, 403):
+        return "auth"
+    if status in (409, 429):
+        return "quota"
+    if status >= 500:
+        return "unreachable"
+    return "bad-answer"
 
 
 class Deadline:
@@ -36,7 +52,7 @@ class Deadline:
         self.end = time.monotonic() + self.seconds
 
         def expired(signum: int, frame: object) -> None:
-            raise Failure(f"gave up after {self.seconds:g} s")
+            raise Failure(f"gave up after {self.seconds:g} s", "unreachable")
 
         signal.signal(signal.SIGALRM, expired)
         signal.setitimer(signal.ITIMER_REAL, self.seconds + 0.2)
@@ -44,7 +60,7 @@ class Deadline:
     def left(self) -> float:
         remaining = self.end - time.monotonic()
         if remaining <= 0:
-            raise Failure(f"gave up after {self.seconds:g} s")
+            raise Failure(f"gave up after {self.seconds:g} s", "unreachable")
         return remaining
 
 
@@ -114,17 +130,18 @@ def fetch(s: object, method: str, url: str, host: str, deadline: Deadline, heade
     except Failure:
         raise
     except requests.exceptions.SSLError as err:
-        raise Failure(f"TLS with {host} failed: {_tls_cause(err)}") from None
+        raise Failure(f"TLS with {host} failed: {_tls_cause(err)}", "unreachable") from None
     except requests.exceptions.ConnectTimeout:
-        raise Failure(f"no connection to {host} within {min(CONNECT_TIMEOUT, deadline.seconds):g} s") from None
+        raise Failure(f"no connection to {host} within {min(CONNECT_TIMEOUT, deadline.seconds):g} s",
+                      "unreachable") from None
     except (requests.exceptions.ReadTimeout, requests.exceptions.ChunkedEncodingError) as err:
         if _caused_by(err, TimeoutError) or isinstance(err, requests.exceptions.ReadTimeout):
-            raise Failure(f"no answer from {host} within {deadline.seconds:g} s") from None
-        raise Failure(f"{host} broke off its answer") from None
+            raise Failure(f"no answer from {host} within {deadline.seconds:g} s", "unreachable") from None
+        raise Failure(f"{host} broke off its answer", "unreachable") from None
     except requests.exceptions.ConnectionError as err:
-        raise Failure(f"cannot connect to {host}: {_connect_cause(err)}") from None
+        raise Failure(f"cannot connect to {host}: {_connect_cause(err)}", "unreachable") from None
     except requests.exceptions.RequestException as err:
-        raise Failure(f"request to {host} failed ({err.__class__.__name__})") from None
+        raise Failure(f"request to {host} failed ({err.__class__.__name__})", "unreachable") from None
 
 
 def _chain(err: BaseException) -> list:
@@ -192,11 +209,11 @@ def fingerprint_of(host: str, port: int, deadline: Deadline) -> str:
             with context.wrap_socket(raw, server_hostname=None if _is_ip(host) else host) as tls:
                 der = tls.getpeercert(binary_form=True)
     except socket.timeout:
-        raise Failure(f"no answer from {host} within {deadline.seconds:g} s") from None
+        raise Failure(f"no answer from {host} within {deadline.seconds:g} s", "unreachable") from None
     except ssl.SSLError:
-        raise Failure(f"TLS with {host} failed: handshake failed") from None
+        raise Failure(f"TLS with {host} failed: handshake failed", "unreachable") from None
     except OSError as err:
-        raise Failure(f"cannot connect to {host}: {_connect_cause(err)}") from None
+        raise Failure(f"cannot connect to {host}: {_connect_cause(err)}", "unreachable") from None
     if not der:
         raise Failure(f"{host} presented no certificate")
     return hashlib.sha256(der).hexdigest()
@@ -228,6 +245,7 @@ def main(work: object) -> None:
         work(settings, result)  # type: ignore[operator]
     except Failure as err:
         result["error"] = str(err)
+        result["problem"] = err.problem
     except MemoryError:
         result["error"] = "ran out of memory (collector.memory_limit)"
     except ImportError as err:

@@ -34,7 +34,7 @@ def work(settings: dict, result: dict) -> None:
         access = _refresh(s, deadline, settings, result)
         answer = _summary(s, deadline, settings, access)
     if answer.status != 200:
-        raise Failure(_api_error(answer, result, "summary"))
+        raise Failure(_api_error(answer, result, "summary"), common.status_problem(answer.status))
     body = answer.json("the summary")
     if not isinstance(body, dict):
         raise Failure("the summary is not a JSON object")
@@ -55,7 +55,7 @@ def _refresh(s: object, deadline: common.Deadline, settings: dict, result: dict)
     token = settings.get("refresh_token") or ""
     if not token:
         result["reauthorise"] = True
-        raise Failure("not authorised yet: run dreadpi enphase-auth (or set enphase.refresh_token)")
+        raise Failure("not authorised yet: run dreadpi enphase-auth (or set enphase.refresh_token)", "auth")
     return _obtain(s, deadline, settings, result, {"grant_type": "refresh_token", "refresh_token": token})
 
 
@@ -72,12 +72,12 @@ def _obtain(s: object, deadline: common.Deadline, settings: dict, result: dict, 
             code = str(body.get("error", ""))[:40]
             if code == "invalid_client":
                 raise Failure("the token endpoint refused enphase.client_id / enphase.client_secret "
-                              f"(HTTP {answer.status} invalid_client)")
+                              f"(HTTP {answer.status} invalid_client)", "config")
             result["reauthorise"] = True
             what = "authorisation code" if params["grant_type"] == "authorization_code" else "refresh token"
             raise Failure(f"the {what} was refused (HTTP {answer.status} {code or 'error'}): it expires after a "
-                          "month without use and each one works once; re-authorise with: dreadpi enphase-auth")
-        raise Failure(_api_error(answer, result, "token refresh"))
+                          "month without use and each one works once; re-authorise with: dreadpi enphase-auth", "auth")
+        raise Failure(_api_error(answer, result, "token refresh"), common.status_problem(answer.status))
     body = answer.json("the token endpoint")
     if not isinstance(body, dict):
         raise Failure("the token endpoint did not answer a JSON object")

@@ -70,7 +70,7 @@ class Share:
     def left(self) -> float:
         remaining = min(self.end - time.monotonic(), self.outer.left())
         if remaining <= 0:
-            raise Failure(f"gave up after {self.seconds:.1f} s")
+            raise Failure(f"gave up after {self.seconds:.1f} s", "unreachable")
         return remaining
 
 
@@ -181,7 +181,7 @@ def modern(gw: Gateway, firmware: dict, settings: dict, result: dict) -> None:
     if not token:
         which = f"firmware {firmware['software']}" if firmware.get("software") else "this gateway (firmware 7+)"
         raise Failure(f"{which} needs an owner token: get one at https://entrez.enphaseenergy.com and set "
-                      "envoy.token")
+                      "envoy.token", "config")
     try:
         answer = gw.https(PRODUCTION_JSON, {"Authorization": f"Bearer {token}"})
     except Failure as err:
@@ -190,7 +190,7 @@ def modern(gw: Gateway, firmware: dict, settings: dict, result: dict) -> None:
         raise
     if answer.status in (401, 403):
         raise Failure(f"token refused (HTTP {answer.status}); owner tokens expire after about a year: get a new "
-                      "one at https://entrez.enphaseenergy.com and set envoy.token")
+                      "one at https://entrez.enphaseenergy.com and set envoy.token", "auth")
     body = _production_json(answer)
     entry = _production_entry(body["production"])
     raw = common.number(entry.get("wNow"), f"{entry.get('type')} wNow")
@@ -201,9 +201,9 @@ def modern(gw: Gateway, firmware: dict, settings: dict, result: dict) -> None:
 
 def _check(answer: common.Answer) -> None:
     if answer.status == 503:
-        raise Failure("the gateway is starting up (HTTP 503); the next cycle tries again")
+        raise Failure("the gateway is starting up (HTTP 503); the next cycle tries again", "unreachable")
     if answer.status != 200:
-        raise Failure(f"HTTP {answer.status} {answer.first_line(60)!r}")
+        raise Failure(f"HTTP {answer.status} {answer.first_line(60)!r}", common.status_problem(answer.status))
     if answer.content_type != "application/json":
         raise Failure(f"the gateway answered {answer.content_type or 'without a content type'}, not JSON "
                       "(old firmware, or an error page)")

@@ -17,7 +17,8 @@ def work(settings: dict, result: dict) -> None:
     answer = common.fetch(common.session(), "GET", URL, HOST, deadline, headers)
     _rate_limit(answer, result)
     if answer.status != 200:
-        raise Failure(_error(answer))
+        exceeded = answer.status == 403 and "exceeded" in answer.first_line().lower()
+        raise Failure(_error(answer), "quota" if exceeded else common.status_problem(answer.status))
     if answer.content_type not in ("text/plain", ""):
         raise Failure(f"answered HTTP 200 with {answer.content_type}, not the status line")
     fields = answer.first_line(400).split(",")
@@ -54,7 +55,7 @@ def _epoch(date: str, hhmm: str, zone: str) -> float:
         try:
             tz = zoneinfo.ZoneInfo(zone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise Failure(f"time zone {zone!r} is not known on this system (install tzdata)") from None
+            raise Failure(f"time zone {zone!r} is not known on this system (install tzdata)", "config") from None
         return naive.replace(tzinfo=tz).timestamp()
     return naive.timestamp()  # a naive datetime is the local time of this machine
 

@@ -51,7 +51,7 @@ class PvoutputCollector:
         ctx.notes.extend(api.warnings(result))
         failure = api.error(result)
         if failure:
-            raise CollectorError(failure)
+            raise CollectorError(failure, api.problem(result))
         return api.reading(result, self.name)
 
 
