@@ -45,6 +45,7 @@ def _load(path: str):
 
 
 DEFAULT_CONFIG = "/etc/dreadpi/dreadpi.cfg"
+APPRISE_DIR = "/usr/lib/python3/dist-packages/apprise"  # what the notification sender imports (Debian's apprise)
 
 
 def cmd_run(args: SimpleNamespace) -> int:
@@ -76,6 +77,9 @@ def cmd_check_config(args: SimpleNamespace) -> int:
 
     for note in getattr(collectors.get(cfg.collector.source), "advice", lambda settings: [])(cfg.collector.settings):
         print(f"note: {note}")
+    if cfg.notify.urls and not os.path.isdir(APPRISE_DIR):
+        print("note: notify.urls is set, but Debian's apprise package is not installed here (apt install apprise); "
+              "until it is, each notification is a warning in the error log instead")
     if cfg.relays.backend != "sim":
         from dreadpi.relays import facts
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import stat
 from collections import namedtuple
 
@@ -135,7 +136,35 @@ METRICS = {
                                      "so the metrics can say when the next cycle is due; empty = unknown"),
 }
 
-CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS, "metrics": METRICS}
+MAX_NOTIFY_URLS = 10
+_NOTIFY_URL = r"([A-Za-z][A-Za-z0-9+.-]{1,31})://[^\s\x00-\x1f\x7f]{1,2000}"  # compiled only when URLs are given
+
+
+def _notify_urls(text: str) -> tuple:
+    """Apprise URLs, separated by spaces or new lines. They hold passwords and tokens, so a problem names the
+    URL's position, never the URL."""
+    urls = tuple(text.split())
+    if len(urls) > MAX_NOTIFY_URLS:
+        raise ValueError(f"at most {MAX_NOTIFY_URLS} URLs, got {len(urls)}")
+    bad = [str(position) for position, url in enumerate(urls, 1) if not re.fullmatch(_NOTIFY_URL, url)]
+    if bad:
+        which = f"URL {bad[0]} of {len(urls)} is" if len(bad) == 1 else f"URLs {', '.join(bad)} of {len(urls)} are"
+        raise ValueError(f"{which} not an Apprise URL (scheme://..., such as ntfy://TOPIC or "
+                         f"mailto://USER:PASSWORD@HOST); not shown here, as URLs hold secrets")
+    return urls
+
+
+NOTIFY = {
+    "urls": Field(_notify_urls, (), "Apprise URLs for push notifications (ntfy://, pover://, tgram://, mailto://, "
+                                    "json://, ...), separated by spaces or new lines; empty = no notifications"),
+    "after": Field(schema.integer(minimum=1, maximum=10000), 2,
+                   "failsafe cycles in a row before a failure is notified, so that one blip pages nobody"),
+    "timeout": Field(schema.number(minimum=1, maximum=600), 20.0,
+                     "seconds before sending a notification is given up (the cycle's relays are already driven)"),
+}
+
+CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS, "metrics": METRICS,
+                 "notify": NOTIFY}
 
 
 class CollectorSettings(namedtuple("CollectorSettings",
@@ -171,7 +200,17 @@ class MetricsSettings(namedtuple("MetricsSettings", ("textfile_dir", "schedule")
     schedule: str
 
 
-class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir", "metrics"))):
+class NotifySettings(namedtuple("NotifySettings", ("urls", "after", "timeout"))):
+    """The `[notify]` section: `urls` is a tuple, empty when notifications are off."""
+
+    __slots__ = ()
+    urls: tuple
+    after: int
+    timeout: float
+
+
+class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir", "metrics",
+                                   "notify"))):
     __slots__ = ()
     path: str
     collector: CollectorSettings
@@ -180,6 +219,7 @@ class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "sta
     state_dir: str
     log_dir: str
     metrics: MetricsSettings
+    notify: NotifySettings
 
 
 def sections() -> dict:
@@ -300,6 +340,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
         state_dir=core["paths"]["state_dir"],
         log_dir=core["paths"]["log_dir"],
         metrics=MetricsSettings(**core["metrics"]),
+        notify=NotifySettings(**core["notify"]),
     )
 
 

@@ -18,13 +18,14 @@ class Outcome:
     """What a cycle did: the decision, the reading it rested on, the state saved, and warnings for people."""
 
     def __init__(self, decision: Decision, reading: Reading | None, state: state_store.State, when: clock.Instant,
-                 notes: list, collector_seconds: float = 0.0) -> None:
+                 notes: list, collector_seconds: float = 0.0, credential_warning: str | None = None) -> None:
         self.decision = decision
         self.reading = reading
         self.state = state
         self.when = when
         self.notes = notes
         self.collector_seconds = collector_seconds
+        self.credential_warning = credential_warning  # the sentence health.credential_warning gave this cycle
 
     @property
     def exit_code(self) -> int:
@@ -126,11 +127,12 @@ def _locked_cycle(config: Config) -> Outcome:
     except RelayError as err:
         logs.error(config.log_dir, now, f"error: {err}; wanted {decision.mode}: {decision.reason}")
         # The relays are as they were; only the health learns of it, so status and the metrics show why.
+        failed = state_store.State(**saved.to_dict())
         for key, value in health.after_cycle(saved, decision.failsafe, "relay", None, epoch, 0, expires_at).items():
-            setattr(saved, key, value)
-        saved.updated_at = epoch
-        state_store.save(config.state_dir, saved)
-        _report(config, Outcome(decision, reading, saved, now, notes, collector_seconds), relays_driven=False)
+            setattr(failed, key, value)
+        failed.updated_at = epoch
+        state_store.save(config.state_dir, failed)
+        _report(config, saved, Outcome(decision, reading, failed, now, notes, collector_seconds), relay_error=str(err))
         raise
 
     fields = health.after_cycle(saved, decision.failsafe, problem_class, reading.at if reading else None, epoch,
@@ -153,6 +155,7 @@ def _locked_cycle(config: Config) -> Outcome:
         manual=decision.manual,
         updated_at=epoch,
         override=saved.override if override is not None else None,
+        notified_problem=saved.notified_problem,
         **fields,
     )
     state_store.save(config.state_dir, new)
@@ -163,8 +166,8 @@ def _locked_cycle(config: Config) -> Outcome:
         logs.error(config.log_dir, now, f"error: {failure}; asserted {decision.mode}")
     elif decision.failsafe:  # a refused reading: the README promises every failsafe's reason here
         logs.error(config.log_dir, now, f"error: {decision.reason}")
-    outcome = Outcome(decision, reading, new, now, notes, collector_seconds)
-    _report(config, outcome)
+    outcome = Outcome(decision, reading, new, now, notes, collector_seconds, warning)
+    _report(config, saved, outcome)
     return outcome
 
 
@@ -177,15 +180,37 @@ def _credential(config: Config) -> tuple:
     return known(config.collector.settings, config.state_dir)
 
 
-def _report(config: Config, outcome: Outcome, relays_driven: bool = True) -> None:
+def _report(config: Config, saved: state_store.State, outcome: Outcome, relay_error: str | None = None) -> None:
     """What the cycle decided, to whoever is configured to hear it. A report can neither change the decision
-    nor the relays, nor fail the cycle: its problems become warnings in the error log."""
-    if not config.metrics.textfile_dir:
-        return
-    from dreadpi.reports import metrics
+    nor the relays, nor fail the cycle: its problems become warnings in the error log. `saved` is the state
+    before the cycle; `relay_error` says why the relays could not be driven."""
+    if config.metrics.textfile_dir:
+        from dreadpi.reports import metrics
 
-    try:
-        metrics.write(config, outcome, relays_driven)
-    except OSError as err:
-        logs.error(config.log_dir, outcome.when, f"warning: metrics not written to {config.metrics.textfile_dir}: "
-                                                 f"{err.strerror or err}")
+        try:
+            metrics.write(config, outcome, relay_error is None)
+        except OSError as err:
+            logs.error(config.log_dir, outcome.when, f"warning: metrics not written to "
+                                                     f"{config.metrics.textfile_dir}: {err.strerror or err}")
+    if config.notify.urls:
+        _notify(config, saved, outcome, relay_error)
+
+
+def _notify(config: Config, saved: state_store.State, outcome: Outcome, relay_error: str | None) -> None:
+    """Tell the household about a transition (most cycles have none, and start nothing); remember in the state
+    what it was told, so that it is told once."""
+    from dreadpi.reports import notify
+
+    notice = notify.plan(saved, outcome, config.notify.after, relay_error, os.uname().nodename)
+    if notice is None:
+        return
+    delivered, warnings = notify.deliver(config, notice)
+    for warning in warnings:
+        logs.error(config.log_dir, outcome.when, f"warning: {warning}")
+    remembered = notice.notified if delivered else notice.unsent
+    if remembered != outcome.state.notified_problem:
+        outcome.state.notified_problem = remembered
+        try:
+            state_store.save(config.state_dir, outcome.state)
+        except OSError as err:
+            logs.error(config.log_dir, outcome.when, f"warning: what was notified is not saved: {err.strerror or err}")

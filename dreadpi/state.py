@@ -77,6 +77,9 @@ _DEFAULTS = {
     "switches_total": 0,  # relay changes ever
     "credential_expires_at": None,  # float | None
     "credential_warned_at": None,  # float | None
+    # Notifications (dreadpi.reports.notify): the problem a failure notification was delivered for, until a
+    # recovery is notified; "relay" after a relay error. None: nothing outstanding.
+    "notified_problem": None,  # one of errors.PROBLEMS | None
     "format": FORMAT,
 }
 
@@ -122,7 +125,7 @@ def _valid(raw: dict) -> bool:
     counts = (raw.get("consecutive_failsafe", 0), raw.get("switches_total", 0))
     if not all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts):
         return False
-    if raw.get("problem") is not None and raw["problem"] not in PROBLEMS:
+    if any(raw.get(key) is not None and raw[key] not in PROBLEMS for key in ("problem", "notified_problem")):
         return False
     override = raw.get("override")
     if override is not None:

@@ -58,15 +58,30 @@ def cycle_argv(python: list, cfg: Path, *extra_paths: str) -> list:
             str(cfg)]
 
 
-def write_config(directory: Path, backend: str) -> Path:
-    cfg = directory / f"dreadpi-{backend}.cfg"
+def write_config(directory: Path, backend: str, label: str = "", extra: str = "") -> Path:
+    name = f"{backend}-{label}" if label else backend
+    cfg = directory / f"dreadpi-{name}.cfg"
     cfg.write_text(
         "[collector]\nsource = script\n[script]\ncommand = /bin/echo 550\n[policy]\nmin_dwell = 0\n"
-        f"[relays]\nbackend = {backend}\n[paths]\nstate_dir = {directory}/state-{backend}\n"
-        f"log_dir = {directory}/log\n"
+        f"[relays]\nbackend = {backend}\n[paths]\nstate_dir = {directory}/state-{name}\n"
+        f"log_dir = {directory}/log-{name}\n" + extra
     )
     cfg.chmod(0o600)
     return cfg
+
+
+def reports_figures(directory: Path, env: dict) -> None:
+    """The same cycle with the metrics file and notifications configured: a steady cycle has nothing to tell,
+    so it must start no sender. The notify URL is a closed loopback port: an attempt would log a warning."""
+    extra = (f"[metrics]\ntextfile_dir = {directory}/prom\nschedule = */5 * * * *\n"
+             "[notify]\nurls = json://127.0.0.1:9/dreadpi\n")
+    cfg = write_config(directory, "sim", "reports", extra)
+    bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, cfg), env)
+    report("script collector, sim relays, metrics and notify, no transition", PI_PYTHON, bare, cycle)
+    log = directory / "log-sim-reports" / "error.log"
+    if log.exists() and "notification" in log.read_text():
+        raise SystemExit(f"a steady cycle tried to notify: {log.read_text()}")
+    print("  no notification attempted (error.log has no notify warning)")
 
 
 def report(label: str, python: list, bare: tuple, cycle: tuple) -> None:
@@ -95,6 +110,7 @@ def main() -> int:
         bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, write_config(directory, "sim")),
                                   env)
         report("script collector, sim relays", PI_PYTHON, bare, cycle)
+        reports_figures(directory, env)
         lgpio_figures(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
