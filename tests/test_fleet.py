@@ -1,4 +1,5 @@
-"""Real deploys: the playbooks, over real SSH, against three simulated Pis (tests/fleet/simpi.py).
+"""Real deploys: the playbooks, over real SSH, against four simulated Pis (tests/fleet/simpi.py): three Debian
+bookworm, as Raspberry Pi OS bookworm, and one Debian trixie (Python 3.13), as Raspberry Pi OS trixie.
 
 The tests run in order on one fleet: converge, idempotence, check mode, what is on each Pi, a real cycle,
 a fleet config update, a refused invalid value, secrets in output, and the status table.
@@ -14,7 +15,9 @@ from tests.conftest import REPO, require_root
 from tests.fleet.simpi import Fleet, recap
 
 COLLECTOR = "/usr/local/lib/dreadpi/collectors/whoami-collector"
-READINGS = {"sim-pi-1": (350, "drm2"), "sim-pi-2": (550, "drm3"), "sim-pi-3": (900, "drm0")}
+READINGS = {"sim-pi-1": (350, "drm2"), "sim-pi-2": (550, "drm3"), "sim-pi-3": (900, "drm0"),
+            "sim-pi-4": (450, "drm3")}
+SUITES = {"sim-pi-4": "trixie"}  # the others are bookworm
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "dreadpi/__init__.py").read_text()).group(1)
 SECRETS = [
     "example0pvoutput0key0a1b2c3d4e5f60718293a4b5c", "example0enphase0api0key0f00dfeed",
@@ -28,7 +31,7 @@ OUTPUTS: list = []  # every playbook's output, for the secrets check
 def fleet():
     require_root()
     per_host = {name: {"dreadpi_script_command": f"{COLLECTOR} {watts}"} for name, (watts, _) in READINGS.items()}
-    with Fleet(3, per_host=per_host, host_vars={
+    with Fleet(len(READINGS), per_host=per_host, suites=SUITES, host_vars={
         "dreadpi_relays_backend": "sim",
         "dreadpi_policy_min_dwell": 0,
         "dreadpi_collector_scripts": [str(REPO / "tests/fleet/files/whoami-collector")],
@@ -95,6 +98,15 @@ def test_what_is_on_the_pi(fleet, name):
     packages = pi.ssh("dpkg-query -W -f='${Package} ${Status}\\n' python3 cron logrotate").stdout
     assert packages.count("install ok installed") == 3
 
+    release = pi.ssh("cat /etc/debian_version").stdout
+    assert release.startswith("13." if SUITES.get(name) == "trixie" else "12."), release
+    config = pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
+    assert "backend = sim\nhold = auto\n" in config
+    # Simulated relays: no relay hold service, and no GPIO package was asked for.
+    assert pi.ssh("ls /etc/systemd/system/dreadpi-relay-hold.service "
+                  "/etc/systemd/system/multi-user.target.wants/dreadpi-relay-hold.service", check=False).returncode != 0
+    assert pi.ssh("dpkg-query -W python3-rpi.gpio python3-rpi-lgpio", check=False).stdout == ""
+
 
 @pytest.mark.parametrize("name", sorted(READINGS))
 def test_a_real_cycle_on_the_pi_with_the_collector_as_nobody(fleet, name):
@@ -114,8 +126,9 @@ def test_a_fleet_config_update_changes_a_threshold_everywhere(fleet):
     assert all(count["changed"] == 1 and count["failed"] == 0 for count in counts.values()), counts
     for pi in fleet.pis:
         assert "threshold_low = 600\n" in pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
-    # sim-pi-2 reads 550 W: below the new threshold_low, so now drm2.
+    # sim-pi-2 reads 550 W and sim-pi-4 (trixie) 450 W: below the new threshold_low, so now drm2.
     assert " drm2 " in fleet.pis[1].ssh("sudo dreadpi run").stdout
+    assert " drm2 " in fleet.pis[3].ssh("sudo dreadpi run").stdout
 
 
 def test_an_invalid_value_is_refused_on_the_first_pi_and_goes_no_further(fleet):
@@ -132,7 +145,7 @@ def test_an_invalid_value_is_refused_on_the_first_pi_and_goes_no_further(fleet):
 def test_a_wrong_variable_fails_before_anything_is_touched(fleet):
     result = play(fleet, "site.yml", "--limit", "sim-pi-1", "-e", "dreadpi_relays_backend=gpio", check=False)
     assert result.returncode != 0
-    assert "dreadpi_relays_backend" in result.stdout and "rpi-gpio, sim" in result.stdout
+    assert "dreadpi_relays_backend" in result.stdout and "rpi-gpio, gpiochip, sim" in result.stdout
     assert recap(result.stdout)["sim-pi-1"]["changed"] == 0
 
 
@@ -165,8 +178,10 @@ def test_status_shows_every_pi(fleet):
     result = play(fleet, "status.yml")
     table = result.stdout.split("msg: |-", 1)[1]
     assert re.search(r"host\s+mode\s+%\s+watts\s+age\s+override\s+version\s+reason", table)
-    # The last cycles: sim-pi-2 (550 W) went to drm2 when the fleet update raised threshold_low to 600.
-    expected = {"sim-pi-1": ("drm2", 50, 350), "sim-pi-2": ("drm2", 50, 550), "sim-pi-3": ("drm0", 100, 900)}
+    # The last cycles: sim-pi-2 (550 W) and sim-pi-4 (450 W) went to drm2 when the fleet update raised
+    # threshold_low to 600.
+    expected = {"sim-pi-1": ("drm2", 50, 350), "sim-pi-2": ("drm2", 50, 550), "sim-pi-3": ("drm0", 100, 900),
+                "sim-pi-4": ("drm2", 50, 450)}
     for name, (mode, percent, watts) in expected.items():
         pattern = rf"{name}\s+{mode}\s+{percent}\s+{watts}\s+\d+ s\s+-\s+{re.escape(VERSION)}\s"
         assert re.search(pattern, table), table

@@ -1,6 +1,10 @@
 """Bake a stand-in Raspberry Pi OS image (arm64, tests/fleet/piimage.py) with playbooks/image.yml, then look
 inside it, and run a real cycle in it under emulation where Debian's arm64 RPi.GPIO drives an emulated
-register page. ansible-playbook runs in a private mount namespace, so even a crashed bake leaves no mount."""
+register page. ansible-playbook runs in a private mount namespace, so even a crashed bake leaves no mount.
+
+The image has an RPi.GPIO package (Debian's python3-rpi.gpio), so the bake must run no apt at all; a second bake,
+of the same root filesystem with Raspberry Pi OS's python3-rpi-lgpio instead (stand-ins, tests/fleet/debs.py),
+must keep that one, again without apt."""
 
 from __future__ import annotations
 
@@ -14,11 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, require_root
-from tests.fleet.simpi import ansible_env, playbook_argv, recap, write_inventory
+from tests.fleet.simpi import ansible_env, playbook_argv, recap, task_results, write_inventory
 
 WIFI_PSK = "example-wifi-psk-0123456789"
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGRyZWFkcGktaW1hZ2UtdGVzdC1rZXktMDEyMzQ1Njc4 installer@test"
 COLLECTOR = "/usr/local/lib/dreadpi/collectors/whoami-collector"
+UNIT = "etc/systemd/system/dreadpi-relay-hold.service"
+WANTS = "etc/systemd/system/multi-user.target.wants/dreadpi-relay-hold.service"
+APT_TASKS = ("Refresh the package lists, to see what the configured archives offer",
+             "Install the Debian packages the configuration needs")
 SETTINGS = {
     "dreadpi_image_hostname": "pi-baked",
     "dreadpi_image_user": "installer",
@@ -67,6 +75,32 @@ def test_the_bake_succeeds_and_a_second_one_changes_nothing(baked):
     assert all(counts["changed"] == 0 for counts in recap(second.stdout).values()), recap(second.stdout)
 
 
+def installed(status: str) -> set:
+    """The packages a dpkg status file says are installed."""
+    return {block.split("\n", 1)[0][len("Package: "):] for block in status.split("\n\n")
+            if "\nStatus: install ok installed" in block}
+
+
+def apt_lists(root: Path) -> dict:
+    lists = root / "var/lib/apt/lists"
+    return {path.name: (path.stat().st_size, int(path.stat().st_mtime)) for path in lists.rglob("*") if path.is_file()}
+
+
+def test_the_bake_keeps_debians_rpi_gpio_and_runs_no_apt(baked):
+    from tests.fleet.piimage import arm64_rootfs, mounted
+
+    _, first, second = baked
+    for run in (first, second):
+        for task in APT_TASKS:
+            assert set(task_results(run.stdout, task).values()) == {"skipping"}, task
+    with mounted(baked[0]) as root:
+        packages = installed((root / "var/lib/dpkg/status").read_text())
+        assert "python3-rpi.gpio" in packages and "python3-rpi-lgpio" not in packages
+        assert not (root / "var/log/apt/history.log").exists()
+        assert not list((root / "var/cache/apt").glob("*.bin"))  # the apt module never even opened the cache
+        assert apt_lists(root) == apt_lists(arm64_rootfs())
+
+
 def test_no_mount_or_loop_device_is_left_behind(baked):
     image = baked[0]
     assert str(image) not in subprocess.run(["losetup", "--list"], capture_output=True, text=True).stdout
@@ -100,6 +134,13 @@ def test_inside_the_image(baked):
         assert owner_mode("etc/NetworkManager/system-connections/dreadpi-wifi.nmconnection") == (0, 0, "0o600")
         assert "ssid=HomeNet" in (root / "etc/NetworkManager/system-connections/dreadpi-wifi.nmconnection").read_text()
         assert not (root / "usr/sbin/policy-rc.d").exists()  # the bake's temporary service policy is gone
+        # The relay hold service: its unit, enabled offline so it starts at the first boot. The bake validated it
+        # with the image's own systemd-analyze (under emulation); the image has one, so that check did run.
+        assert owner_mode(UNIT) == (0, 0, "0o644")
+        assert "ExecStart=/usr/local/bin/dreadpi relay-hold\n" in (root / UNIT).read_text()
+        assert (root / WANTS).is_symlink() and str((root / WANTS).readlink()) == "/" + UNIT
+        assert (root / "usr/bin/systemd-analyze").exists()
+        assert "hold = auto\n" in (root / "etc/dreadpi/dreadpi.cfg").read_text()
 
 
 GPFSEL1, GPFSEL2, GPSET0, GPCLR0 = 1, 2, 7, 10
@@ -148,3 +189,44 @@ def test_a_failed_bake_still_unmounts_and_detaches_everything(root, tmp_path):
             assert not (rootfs / "usr/sbin/policy-rc.d").exists()
     finally:
         piimage.detach(image)
+
+
+def test_a_bake_of_a_root_filesystem_with_rpi_lgpio_keeps_it_and_runs_no_apt(root, tmp_path):
+    """As a Raspberry Pi OS image has it: python3-rpi-lgpio and python3-lgpio (the stand-ins, tests/fleet/debs.py,
+    installed with dpkg), baked with image.yml's dreadpi_image_rootfs through the chroot connection. The root
+    filesystem is the simulated Pis' amd64 bookworm one, on an overlay in a private mount namespace: the decision
+    is the same as for arm64, and natively the bake costs seconds, not the minutes of a bake under emulation
+    (the stand-in lgpio is x86_64 code, which an arm64 image could not import anyway). The overlay's upper
+    directory shows exactly what the preparation and the bake changed."""
+    from tests.fleet import piimage, simpi
+    from tests.fleet.debs import standin_debs
+
+    simpi.ensure_host_tools()
+    debs = standin_debs(simpi.host_arch())
+    lines, merged = piimage.rootfs_namespace_script(simpi.rootfs(), tmp_path / "rootfs")
+    staged = [debs["python3-lgpio"], debs["python3-rpi-lgpio"]]
+    inventory = write_inventory(tmp_path / "inventory", {})
+    extra = tmp_path / "settings.json"
+    extra.write_text(json.dumps({"dreadpi_image_rootfs": str(merged), "dreadpi_relays_backend": "rpi-gpio"}))
+    play = " ".join(playbook_argv(inventory, "image.yml", "-e", f"@{extra}"))
+    script = "\n".join([
+        *lines,
+        f"mkdir {merged}/tmp/debs && cp {' '.join(str(path) for path in staged)} {merged}/tmp/debs/",
+        f"chroot {merged} sh -c 'dpkg -i /tmp/debs/*.deb' >/dev/null",
+        f"rm -r {merged}/tmp/debs",
+        f"exec {play}",
+    ])
+    result = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
+                            capture_output=True, text=True, env=ansible_env(tmp_path), cwd=REPO)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+    assert all(counts["failed"] == 0 for counts in recap(result.stdout).values())
+    for task in APT_TASKS:
+        assert set(task_results(result.stdout, task).values()) == {"skipping"}, task
+    upper = tmp_path / "rootfs/upper"
+    packages = installed((upper / "var/lib/dpkg/status").read_text())
+    assert {"python3-rpi-lgpio", "python3-lgpio"} <= packages and "python3-rpi.gpio" not in packages
+    assert not (upper / "var/log/apt/history.log").exists()
+    assert not list((upper / "var/cache/apt").glob("*.bin"))
+    assert not (upper / "var/lib/apt/lists").exists() or not any((upper / "var/lib/apt/lists").rglob("*"))
+    assert (upper / UNIT).exists() and (upper / WANTS).is_symlink()
+    assert "hold = auto\n" in (upper / "etc/dreadpi/dreadpi.cfg").read_text()

@@ -124,6 +124,10 @@ class Holder:
         self.backend.consumer = _SERVICE
         self.record = os.path.join(state_dir, HELD)
         self.levels: tuple | None = None
+        # Everything it will need, imported now: a deploy may replace the program's files while it runs.
+        from dreadpi.state import write_atomic
+
+        self._write = write_atomic
 
     def resume(self) -> str | None:
         """Re-assert what a cycle asked for earlier in this boot, if the service restarted; never anything else."""
@@ -166,9 +170,7 @@ class Holder:
     def _drive(self, levels: tuple) -> None:
         self.backend.write(self.pins, levels)  # all pins, one request, kept open: changed in place after this
         self.levels = levels
-        from dreadpi.state import write_atomic
-
-        write_atomic(self.record, json.dumps({"boot_id": hardware.boot_id(), "pins": list(self.pins),
+        self._write(self.record, json.dumps({"boot_id": hardware.boot_id(), "pins": list(self.pins),
                                               "levels": list(levels)}) + "\n", 0o600, durable=False)
 
 

@@ -1,9 +1,9 @@
 """A stand-in for a Raspberry Pi OS image, since the build machine cannot download one.
 
 An arm64 Debian bookworm root filesystem (debootstrap, second stage under qemu-user-static; Debian's arm64
-archive has python3-rpi.gpio) packed into a small partitioned image laid out like Raspberry Pi OS: an MBR
-with a FAT32 boot partition and an ext4 root, the boot partition mounted at /boot/firmware. Built once
-(minutes) and cached; tests bake a sparse copy.
+archive has python3-rpi.gpio; systemd installed but, as in any image, not running) packed into a small
+partitioned image laid out like Raspberry Pi OS: an MBR with a FAT32 boot partition and an ext4 root, the boot
+partition mounted at /boot/firmware. Built once (minutes) and cached; tests bake a sparse copy.
 
 Where the kernel cannot mount FAT (some CI and VM kernels are built without it, and have no modules to load),
 the boot partition is ext2 instead, and a line on stderr says so: the playbook mounts it the same way (mount
@@ -25,7 +25,7 @@ from tests.fleet.simpi import CACHE, HarnessError, cached_rootfs, run
 
 ARCH = "arm64"
 PACKAGES = ("python3", "python3-apt", "python3-rpi.gpio", "openssh-server", "sudo", "cron", "logrotate",
-            "ca-certificates")
+            "ca-certificates", "systemd")
 IMAGE_SETUP = 1
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "update-binfmts": "binfmt-support",
          "mkfs.vfat": "dosfstools", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debootstrap": "debootstrap"}
@@ -61,6 +61,16 @@ def _like_pi_os(root: Path) -> None:
 
 def arm64_rootfs() -> Path:
     return cached_rootfs(ARCH, PACKAGES, IMAGE_SETUP, _like_pi_os, note=" (arm64 under emulation: minutes)")
+
+
+def rootfs_namespace_script(lower: Path, workdir: Path) -> tuple:
+    """(shell lines, root): mount an overlay of `lower` at workdir/merged with its changes in workdir/upper, for a
+    script run in a private mount namespace (`unshare --mount`), where every mount ends with the script."""
+    upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
+    for path in (upper, work, merged):
+        path.mkdir(parents=True)
+    return (["set -e", "mount --make-rprivate /",
+             f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged}"], merged)
 
 
 def kernel_mounts_vfat() -> bool:

@@ -1,14 +1,15 @@
 """Simulated Raspberry Pis on this machine, reached by Ansible over real SSH.
 
-Each Pi is a Debian bookworm root filesystem (built once with debootstrap and cached) seen through its own
-overlay, with its own network namespace (a veth pair in 198.18.0.0/15, the range RFC 2544 reserves for
+Each Pi is a Debian root filesystem, bookworm or trixie (built once per suite with debootstrap and cached), seen
+through its own overlay, with its own network namespace (a veth pair in 198.18.0.0/15, the range RFC 2544 reserves for
 benchmark networks, so it can never be a real LAN) and sshd running as PID 1 of a private mount, UTS and PID
 namespace. Every mount exists only inside that namespace, so killing one process removes the host's
 processes and mounts together; teardown then deletes the network namespace and the scratch directory.
 Like Raspberry Pi OS, each has a user `pi` with passwordless sudo.
 
 The packages the dreadpi role installs are already in the cached rootfs, so the role (which refreshes the
-package lists only when something is missing) never needs the network from inside a namespace.
+package lists only when something is missing) never needs the network from inside a namespace. systemd is installed
+as on Raspberry Pi OS, but not running (sshd is PID 1): the role enables units offline, as in an image.
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("DREADPI_TEST_CACHE", "/var/cache/dreadpi-tests"))
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default; trixie is supported too (SUITES)
+SUITES = ("bookworm", "trixie")
+# Suites whose packages apt installs after a bare debootstrap: bookworm's debootstrap cannot order trixie's systemd
+# after its pre-dependency libsystemd-shared, and trixie's cron and logrotate pull systemd in.
+APT_AFTER_DEBOOTSTRAP = ("trixie",)
 MIRROR = os.environ.get("DREADPI_TEST_MIRROR", "http://deb.debian.org/debian")
 # What a Raspberry Pi OS Lite image has that the role relies on, plus what the role installs.
 PACKAGES = ("python3", "python3-apt", "openssh-server", "sudo", "cron", "logrotate", "python3-requests",
-            "ca-certificates")
+            "ca-certificates", "systemd")
 ROOTFS_SETUP = 1  # bump when the customisation below changes, to rebuild the cache
 HOST_TOOLS = {"debootstrap": "debootstrap", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
               "ip": "iproute2", "unshare": "util-linux"}
@@ -64,22 +69,38 @@ def ensure_host_tools() -> None:
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
-def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str = "") -> Path:  # noqa: ANN001
-    """A debootstrap'd Debian root filesystem for `arch`, built once and cached under a key of everything that
-    shapes it; `customise(path)` finishes it before it is marked complete. Built aside and renamed into place,
+def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str = "",  # noqa: ANN001
+                  suite: str = SUITE) -> Path:
+    """A debootstrap'd Debian `suite` root filesystem for `arch`, built once and cached under a key of everything
+    that shapes it; `customise(path)` finishes it before it is marked complete. Built aside and renamed into place,
     so an interrupted build is never mistaken for a finished one."""
-    key = hashlib.sha256(f"{SUITE} {arch} {' '.join(packages)} {setup}".encode()).hexdigest()[:12]
-    path = CACHE / f"rootfs-{SUITE}-{arch}-{key}"
+    if suite not in SUITES:
+        raise HarnessError(f"unsupported suite {suite!r}; choose one of {', '.join(SUITES)}")
+    key = hashlib.sha256(f"{suite} {arch} {' '.join(packages)} {setup}".encode()).hexdigest()[:12]
+    path = CACHE / f"rootfs-{suite}-{arch}-{key}"
     if (path / ".dreadpi-complete").exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
     building = path.with_name(path.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     print(f"building {path} with debootstrap (once; cached after){note}", file=sys.stderr, flush=True)
-    run("debootstrap", f"--arch={arch}", "--variant=minbase", f"--include={','.join(packages)}", SUITE,
-        str(building), MIRROR, capture_output=False, stdout=subprocess.DEVNULL)
+    late = suite in APT_AFTER_DEBOOTSTRAP
+    include = [] if late else [f"--include={','.join(packages)}"]
+    run("debootstrap", f"--arch={arch}", "--variant=minbase", *include, suite, str(building), MIRROR,
+        capture_output=False, stdout=subprocess.DEVNULL)
+    if late:
+        install = (f"mount --make-rprivate / && mount -t proc proc {building}/proc && "
+                   f"mount --rbind /dev {building}/dev && chroot {building} apt-get install -y -q "
+                   f"--no-install-recommends {' '.join(packages)}")
+        run("unshare", "--mount", "sh", "-c", install, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     customise(building)
     run("chroot", str(building), "apt-get", "clean")
+    # /run is a tmpfs on a booted system: nothing a package script left there may say "systemd is running".
+    for leftover in (building / "run").iterdir():
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
     (building / ".dreadpi-complete").write_text("")
     shutil.rmtree(path, ignore_errors=True)
     building.rename(path)
@@ -94,10 +115,13 @@ def _add_pi_user(root: Path) -> None:
     sudoers.chmod(0o440)
 
 
-def rootfs() -> Path:
-    """The simulated Pis' rootfs, for this machine's own architecture (about a minute to build, once)."""
-    arch = run("dpkg", "--print-architecture").stdout.strip()
-    return cached_rootfs(arch, PACKAGES, ROOTFS_SETUP, _add_pi_user)
+def host_arch() -> str:
+    return run("dpkg", "--print-architecture").stdout.strip()
+
+
+def rootfs(suite: str = SUITE) -> Path:
+    """The simulated Pis' rootfs of `suite`, for this machine's own architecture (about two minutes to build, once)."""
+    return cached_rootfs(host_arch(), PACKAGES, ROOTFS_SETUP, _add_pi_user, suite=suite)
 
 
 def ansible_env(workdir: Path) -> dict:
@@ -131,10 +155,12 @@ def playbook_argv(inventory: Path, playbook: str, *args: str) -> list:
 class SimPi:
     """One simulated Pi; start() brings it up, stop() removes every trace of it."""
 
-    def __init__(self, fleet: Fleet, index: int, name: str) -> None:
+    def __init__(self, fleet: Fleet, index: int, name: str, suite: str = SUITE) -> None:
         self.fleet = fleet
         self.index = index
         self.name = name
+        self.suite = suite
+        self.rootfs: Path | None = None
         self.netns = f"dpi{fleet.tag}-{index}"
         self.veth = f"dp{fleet.tag}h{index}"
         subnet = fleet.octet
@@ -169,7 +195,7 @@ class SimPi:
         boot = "\n".join([
             "set -e",
             "mount --make-rprivate /",
-            f"mount -t overlay overlay -o lowerdir={self.fleet.rootfs},upperdir={self.upper},workdir={work} {merged}",
+            f"mount -t overlay overlay -o lowerdir={self.rootfs},upperdir={self.upper},workdir={work} {merged}",
             f"mount -t proc proc {merged}/proc",
             f"mount --rbind /dev {merged}/dev",
             f"mount --rbind /sys {merged}/sys",
@@ -200,10 +226,20 @@ class SimPi:
                 time.sleep(0.1)
         raise HarnessError(f"{self.name}: no sshd on {self.address}:22 after {timeout:g} s")
 
-    def ssh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    def ssh(self, command: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a command on the Pi as pi (prefix `sudo` for root), over the same SSH Ansible uses."""
         return run("ssh", *self.fleet.ssh_options, "-i", str(self.fleet.key), f"pi@{self.address}", command,
-                   check=check)
+                   check=check, **kwargs)
+
+    def put(self, source: Path, destination: str, mode: str = "0644") -> None:
+        """Copy a file from this machine to the Pi, root-owned (its directory is created)."""
+        import shlex
+
+        quoted = shlex.quote(destination)
+        with open(source, "rb") as data:
+            run("ssh", *self.fleet.ssh_options, "-i", str(self.fleet.key), f"pi@{self.address}",
+                f"sudo mkdir -p \"$(dirname {quoted})\" && sudo tee {quoted} >/dev/null && sudo chmod {mode} {quoted}",
+                stdin=data, text=False)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -217,10 +253,11 @@ class Fleet:
     """A context manager bringing up `count` simulated Pis and an inventory for them."""
 
     def __init__(self, count: int, host_vars: dict | None = None, prefix: str = "sim-pi",
-                 per_host: dict | None = None) -> None:
+                 per_host: dict | None = None, suites: dict | None = None) -> None:
         self.count = count
         self.host_vars = host_vars or {}  # for every Pi
         self.per_host = per_host or {}  # name -> vars for that Pi
+        self.suites = suites or {}  # name -> Debian suite of that Pi, if not bookworm
         self.prefix = prefix
         self.tag = f"{random.randrange(16 ** 4):04x}"
         self.octet = random.randrange(1, 255)
@@ -233,11 +270,13 @@ class Fleet:
     def __enter__(self) -> Fleet:
         try:
             ensure_host_tools()
-            self.rootfs = rootfs()
+            self.rootfs = rootfs()  # the default suite's, also for tools that look inside
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dreadpi-fleet-test", "-f", str(self.key))
             self.public_key = (self.workdir / "id_ed25519.pub").read_text()
             for index in range(self.count):
-                pi = SimPi(self, index, f"{self.prefix}-{index + 1}")
+                name = f"{self.prefix}-{index + 1}"
+                pi = SimPi(self, index, name, self.suites.get(name, SUITE))
+                pi.rootfs = rootfs(pi.suite)
                 self.pis.append(pi)
                 pi.start()
             self.inventory = write_inventory(self.workdir / "inventory", {pi.name: {
@@ -268,6 +307,21 @@ class Fleet:
         return result
 
 
+def task_results(output: str, task: str) -> dict:
+    """host -> "ok" | "changed" | "skipping" | "failed" ... for each run of the task named `task` (the words after
+    "TASK [role : " in ansible-playbook's output; the last run wins)."""
+    results: dict = {}
+    for block in output.split("\nTASK [")[1:]:
+        title, _, body = block.partition("]")
+        if title.split(" : ", 1)[-1].strip() != task:
+            continue
+        for line in body.splitlines():
+            word, _, rest = line.partition(": [")
+            if word in ("ok", "changed", "skipping", "failed", "fatal") and rest:
+                results[rest.split("]", 1)[0].split(" -> ")[0]] = word
+    return results
+
+
 def recap(output: str) -> dict:
     """host -> {"ok": n, "changed": n, ...} from the PLAY RECAP of ansible-playbook's output."""
     counts = {}
@@ -279,13 +333,13 @@ def recap(output: str) -> dict:
     return counts
 
 
-def chroot_playbook(playbook: str, workdir: Path, host_vars: dict, runs: int = 1) -> list:
-    """Run a playbook `runs` times against an overlay of the cached rootfs through the chroot connection,
-    as the image bake does; returns each run's CompletedProcess. The overlay and the pseudo-filesystems are
-    mounted in a private mount namespace that ansible-playbook runs in, so nothing is mounted on the host;
+def chroot_playbook(playbook: str, workdir: Path, host_vars: dict, runs: int = 1, lower: Path | None = None) -> list:
+    """Run a playbook `runs` times against an overlay of the cached rootfs (or `lower`) through the chroot
+    connection, as the image bake does; returns each run's CompletedProcess. The overlay and the pseudo-filesystems
+    are mounted in a private mount namespace that ansible-playbook runs in, so nothing is mounted on the host;
     the overlay's upper directory (workdir/upper) keeps what the runs changed, for inspection."""
     ensure_host_tools()
-    lower = rootfs()
+    lower = lower or rootfs()
     upper, work, merged = workdir / "upper", workdir / "work", workdir / "merged"
     for path in (upper, work, merged):
         path.mkdir(parents=True)
