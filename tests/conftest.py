@@ -37,6 +37,24 @@ def world_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (tests.apiworld.Certificates)
+    """A test CA and certificates for the API tests' HTTPS servers on loopback (tests/apiworld.py)."""
+    from tests.apiworld import Certificates, ensure_debian_requests
+
+    require_root()
+    ensure_debian_requests()
+    return Certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def world(world_dir: Path, certs):  # noqa: ANN001, ANN201
+    """Runs the real dreadpi with the fixed API names resolving to the test servers (tests/apiworld.World)."""
+    from tests.apiworld import World
+
+    return World(world_dir, certs)
+
+
 def write_config(directory: Path, overrides: dict | None = None, name: str = "dreadpi.cfg") -> Path:
     """A complete config under `directory`, script collector and sim backend; `overrides` is
     {"section": {"key": "value"}}, and a value of None removes the key."""

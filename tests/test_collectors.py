@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dreadpi.collectors import api
-from tests.apiworld import ApiServer, Certificates, Reply, World, ensure_debian_requests, hang, status, wait_for
-from tests.conftest import require_root, write_config
+from tests.apiworld import ApiServer, Certificates, Reply, World, hang, status, wait_for
+from tests.conftest import write_config
 
 PV_KEY = "0123456789abcdef0123456789abcdef01234567"
 EN_KEY, EN_CLIENT, EN_SECRET = "a" * 32, "c1" * 16, "s3cr3t" * 6
@@ -26,18 +26,6 @@ STATUS = "/service/r2/getstatus.jsp"
 TOKEN = "/oauth/token"
 SUMMARY = "/api/v4/systems/4242/summary"
 PRODUCTION = "/production.json"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    require_root()
-    ensure_debian_requests()
-    return Certificates(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def world(world_dir: Path, certs: Certificates) -> World:
-    return World(world_dir, certs)
 
 
 def _log(world_dir: Path, name: str = "error.log") -> str:

@@ -23,30 +23,17 @@ from tests.apiworld import (
     Digest,
     Reply,
     World,
-    ensure_debian_requests,
     hang,
     plain_server,
     status,
 )
-from tests.conftest import dreadpi, require_root, write_config
+from tests.conftest import dreadpi, write_config
 
 TOKEN = "eyJraWQiOiJmdyJ9.eyJlbnBoYXNlVXNlciI6Im93bmVyIn0.ZmlybXdhcmUtdGVzdC1zaWduYXR1cmU"
 # The serial of a published test vector for the installer password rule (see test_the_password_rules_...).
 SERIAL = "122011110123"
 ENVOY_PASSWORD, INSTALLER_PASSWORD = "110123", "d5ceb265"
 INFO, V1, INVERTERS, PRODUCTION = "/info", "/api/v1/production", "/api/v1/production/inverters", "/production.json"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    require_root()
-    ensure_debian_requests()
-    return Certificates(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def world(world_dir: Path, certs: Certificates) -> World:
-    return World(world_dir, certs)
 
 
 # -- payloads, from the documented formats --------------------------------------------------------------------------
