@@ -22,16 +22,12 @@ def describe(settings, state_dir: str) -> dict:  # noqa: ANN001 (config.RelaySet
     if not hold.gpiochip_based(settings.backend):
         facts["kept_by"] = "GPIO registers" if facts.get("library") else None
         return facts
-    from dreadpi.relays.gpiochip import header_chip
-
     try:
-        chip = header_chip()
+        keeps, why, chip = hold.kernel_keeps_outputs()
     except RelayError as err:
         facts["problem"] = str(err)
         return facts
-    chip.close()
-    keeps, why = hardware.release_keeps_outputs(chip.label)
-    facts.update(chip=f"{chip.path} ({chip.label})", kernel_keeps_outputs=keeps, kernel_keeps_outputs_why=why)
+    facts.update(chip=chip, kernel_keeps_outputs=keeps, kernel_keeps_outputs_why=why)
     service = hold.HoldClient(f"{state_dir}/{hold.SOCKET}", settings.pins).available()
     if service and settings.hold != "no":
         facts["kept_by"] = "relay hold service"

@@ -126,6 +126,18 @@ def held_elsewhere(offset: int, consumer: str) -> str:
             f"pins (relays.pins); check with: gpioinfo | grep -w GPIO{offset}")
 
 
+def read_driven(chip: Chip, pins: tuple, ours: tuple = ()) -> tuple | None:
+    """None when any pin is not an output; else one None per pin, since a level cannot be read from the kernel
+    without claiming the line. A pin that another program holds (not one of `ours`) is an error naming it."""
+    infos = [chip.line_info(pin) for pin in pins]
+    for info in infos:
+        if info.used and info.offset not in ours:
+            raise RelayError(held_elsewhere(info.offset, info.consumer))
+    if not all(info.output for info in infos):
+        return None
+    return tuple(None for _ in pins)
+
+
 def set_values(request_fd: int, levels: tuple) -> None:
     """Drive every line of a request held open, such as the hold service's."""
     bits = sum(1 << index for index, level in enumerate(levels) if level)
@@ -174,15 +186,7 @@ class GpiochipBackend:
         self.held: dict = {}  # pins tuple -> request fd, kept open only by a long-lived process
 
     def read(self, pins: tuple) -> tuple | None:
-        """None when any pin is not an output; else one None per pin, since a level cannot be read from the
-        kernel without claiming the line. A pin another program holds is an error that names it."""
-        infos = [self.chip.line_info(pin) for pin in pins]
-        for info in infos:
-            if info.used and not self._ours(info.offset):
-                raise RelayError(held_elsewhere(info.offset, info.consumer))
-        if not all(info.output for info in infos):
-            return None
-        return tuple(None for _ in pins)
+        return read_driven(self.chip, pins, ours=tuple(pin for held in self.held for pin in held))
 
     def _ours(self, pin: int) -> bool:
         return any(pin in pins for pins in self.held)

@@ -36,6 +36,17 @@ def gpiochip_based(backend_name: str) -> bool:
     return provider() == GPIOCHIP
 
 
+def kernel_keeps_outputs() -> tuple:
+    """(keeps, why, chip): whether this kernel keeps the header's released outputs driven, the fact that says so,
+    and the header chip's `/dev/... (label)`."""
+    from dreadpi.relays.gpiochip import header_chip
+
+    chip = header_chip()
+    chip.close()
+    keeps, why = hardware.release_keeps_outputs(chip.label)
+    return keeps, why, f"{chip.path} ({chip.label})"
+
+
 def choose(settings, state_dir: str) -> tuple:  # noqa: ANN001 (config.RelaySettings)
     """(backend, note) for a cycle: the hold service when it runs, else the backend itself where the lines stay
     driven after this process exits; anything else is refused before a pin is touched, saying what to change."""
@@ -46,11 +57,7 @@ def choose(settings, state_dir: str) -> tuple:  # noqa: ANN001 (config.RelaySett
     client = HoldClient(os.path.join(state_dir, SOCKET), settings.pins)
     if settings.hold != "no" and client.available():
         return client, None
-    from dreadpi.relays.gpiochip import header_chip
-
-    chip = header_chip()
-    keeps, why = hardware.release_keeps_outputs(chip.label)
-    chip.close()
+    keeps, why, _chip = kernel_keeps_outputs()
     if settings.hold == "yes":
         raise RelayError(f"relays.hold = yes, but the relay hold service is not running (no answer on "
                          f"{client.path}); start it: systemctl start {_SERVICE}")
@@ -187,11 +194,7 @@ def needed(settings) -> str | None:  # noqa: ANN001 (config.RelaySettings)
     if not gpiochip_based(settings.backend):
         return "RPi.GPIO here is register access (python3-rpi.gpio), whose levels stay after a cycle exits"
     if settings.hold == "auto":
-        from dreadpi.relays.gpiochip import header_chip
-
-        chip = header_chip()
-        keeps, why = hardware.release_keeps_outputs(chip.label)
-        chip.close()
+        keeps, why, _chip = kernel_keeps_outputs()
         if keeps:
             return f"this kernel keeps released outputs driven ({why})"
     return None

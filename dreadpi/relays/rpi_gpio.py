@@ -96,15 +96,9 @@ class RpiGpioBackend:
             raise RelayError(f"rpi-gpio relays: cannot read pins: {err}") from None
 
     def _read_line_info(self, pins: tuple) -> tuple | None:
-        from dreadpi.relays.gpiochip import held_elsewhere
+        from dreadpi.relays.gpiochip import read_driven
 
-        infos = [self.chip.line_info(pin) for pin in pins]
-        for info in infos:
-            if info.used:
-                raise RelayError(held_elsewhere(info.offset, info.consumer))
-        if not all(info.output for info in infos):
-            return None
-        return tuple(None for _ in pins)  # driven, at levels the kernel does not tell without a claim
+        return read_driven(self.chip, pins)
 
     def write(self, pins: tuple, levels: tuple) -> None:
         gpio = self.gpio
