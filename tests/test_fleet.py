@@ -2,12 +2,20 @@
 bookworm, as Raspberry Pi OS bookworm, and one Debian trixie (Python 3.13), as Raspberry Pi OS trixie.
 
 The tests run in order on one fleet: converge, idempotence, check mode, what is on each Pi, a real cycle,
-a fleet config update, a refused invalid value, secrets in output, and the status table.
+a fleet config update, a refused invalid value, secrets in output, the status table, and then the metrics
+served by Debian's prometheus-node-exporter, which the role installs on sim-pi-3 (bookworm) and sim-pi-4
+(trixie) from a flat archive on each of them (a simulated Pi cannot reach deb.debian.org; the package is
+bookworm's, downloaded by this machine), and what a broken collector does to them and to the status table.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +26,9 @@ COLLECTOR = "/usr/local/lib/dreadpi/collectors/whoami-collector"
 READINGS = {"sim-pi-1": (350, "drm2"), "sim-pi-2": (550, "drm3"), "sim-pi-3": (900, "drm0"),
             "sim-pi-4": (450, "drm3")}
 SUITES = {"sim-pi-4": "trixie"}  # the others are bookworm
+NODE_EXPORTER = ("sim-pi-3", "sim-pi-4")  # with dreadpi_metrics_node_exporter
+ARCHIVE = "/srv/dreadpi-archive"
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "dreadpi/__init__.py").read_text()).group(1)
 SECRETS = [
     "example0pvoutput0key0a1b2c3d4e5f60718293a4b5c", "example0enphase0api0key0f00dfeed",
@@ -30,12 +41,26 @@ OUTPUTS: list = []  # every playbook's output, for the secrets check
 @pytest.fixture(scope="module")
 def fleet():
     require_root()
+    from tests.fleet import debs
+
     per_host = {name: {"dreadpi_script_command": f"{COLLECTOR} {watts}"} for name, (watts, _) in READINGS.items()}
-    with Fleet(len(READINGS), per_host=per_host, suites=SUITES, host_vars={
-        "dreadpi_relays_backend": "sim",
-        "dreadpi_policy_min_dwell": 0,
-        "dreadpi_collector_scripts": [str(REPO / "tests/fleet/files/whoami-collector")],
-    }) as running:
+    for name in NODE_EXPORTER:
+        per_host[name]["dreadpi_metrics_node_exporter"] = True
+    exporter = debs.debian_deb("prometheus-node-exporter")
+    with tempfile.TemporaryDirectory(prefix="dreadpi-fleet-archive-") as scratch, Fleet(
+            len(READINGS), per_host=per_host, suites=SUITES, host_vars={
+                "dreadpi_relays_backend": "sim",
+                "dreadpi_policy_min_dwell": 0,
+                "dreadpi_collector_scripts": [str(REPO / "tests/fleet/files/whoami-collector")],
+            }) as running:
+        repository = debs.archive(Path(scratch) / "archive", [exporter])
+        for pi in running.pis:
+            if pi.name in NODE_EXPORTER:
+                for path in sorted(repository.iterdir()):
+                    pi.put(path, f"{ARCHIVE}/{path.name}")
+                # This Pi's only archive, where the role's apt finds the package.
+                pi.ssh(f"echo 'deb [trusted=yes] file:{ARCHIVE} ./' | sudo tee /etc/apt/sources.list >/dev/null "
+                       "&& sudo rm -f /etc/apt/sources.list.d/*")
         yield running
 
 
@@ -147,6 +172,14 @@ def test_a_wrong_variable_fails_before_anything_is_touched(fleet):
     assert result.returncode != 0
     assert "dreadpi_relays_backend" in result.stdout and "rpi-gpio, gpiochip, sim" in result.stdout
     assert recap(result.stdout)["sim-pi-1"]["changed"] == 0
+    # What argument_specs cannot say is checked before anything too.
+    result = play(fleet, "site.yml", "--limit", "sim-pi-1", "-e", "dreadpi_metrics_node_exporter=true",
+                  "-e", "dreadpi_metrics_textfile_dir=/srv/metrics", check=False)
+    assert result.returncode != 0
+    assert ('dreadpi_metrics_textfile_dir must be empty or /var/lib/prometheus/node-exporter with '
+            'dreadpi_metrics_node_exporter' in result.stdout.replace("\n", " ")), result.stdout
+    counts = recap(result.stdout)["sim-pi-1"]
+    assert counts["changed"] == 0 and counts["failed"] == 1, counts
 
 
 API_SOURCES = {  # what each API source needs besides the vaulted secrets
@@ -177,14 +210,90 @@ def test_secrets_never_appear_in_output(fleet):
 def test_status_shows_every_pi(fleet):
     result = play(fleet, "status.yml")
     table = result.stdout.split("msg: |-", 1)[1]
-    assert re.search(r"host\s+mode\s+%\s+watts\s+age\s+override\s+version\s+reason", table)
+    assert re.search(r"host\s+mode\s+%\s+watts\s+age\s+health\s+credential\s+override\s+version\s+reason",
+                     table)
     # The last cycles: sim-pi-2 (550 W) and sim-pi-4 (450 W) went to drm2 when the fleet update raised
     # threshold_low to 600.
     expected = {"sim-pi-1": ("drm2", 50, 350), "sim-pi-2": ("drm2", 50, 550), "sim-pi-3": ("drm0", 100, 900),
                 "sim-pi-4": ("drm2", 50, 450)}
     for name, (mode, percent, watts) in expected.items():
-        pattern = rf"{name}\s+{mode}\s+{percent}\s+{watts}\s+\d+ s\s+-\s+{re.escape(VERSION)}\s"
+        pattern = rf"{name}\s+{mode}\s+{percent}\s+{watts}\s+\d+ s\s+ok\s+-\s+-\s+{re.escape(VERSION)}\s"
         assert re.search(pattern, table), table
+
+
+def start_node_exporter(pi) -> None:
+    """Start the installed prometheus-node-exporter as its systemd unit would (the simulated Pi has no systemd):
+    the unit's User, its EnvironmentFile's ARGS, its ExecStart, plus the Pi's address to listen on. Whatever the
+    package's init script may have started on installation is stopped first. It ends with the Pi."""
+    unit = pi.ssh("systemctl cat prometheus-node-exporter.service 2>/dev/null || "
+                  "cat /lib/systemd/system/prometheus-node-exporter.service").stdout
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["ExecStart"].startswith("/usr/bin/prometheus-node-exporter"), unit
+    pi.ssh("sudo pkill -x prometheus-node || true")
+    command = (f"set -a; . {settings['EnvironmentFile'].lstrip('-')}; set +a; "
+               f"exec runuser -u {settings['User']} -- {settings['ExecStart']} --web.listen-address={pi.address}:9100")
+    pi.ssh(f"sudo setsid sh -c {shlex.quote(command)} </dev/null >/tmp/node-exporter.log 2>&1 &")
+
+
+def scrape(pi, timeout: float = 15) -> dict:
+    """`series -> value` of the dreadpi and textfile-collector series, from http://PI:9100/metrics, as Prometheus
+    would scrape them from the controller."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{pi.address}:9100/metrics", timeout=5) as response:
+                text = response.read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(pi.ssh("cat /tmp/node-exporter.log", check=False).stdout) from None
+            time.sleep(0.2)
+    series = {}
+    for line in text.splitlines():
+        if line.startswith(("dreadpi_", "node_textfile_")):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
+@pytest.mark.parametrize("name", NODE_EXPORTER)
+def test_node_exporter_serves_the_metrics_of_each_cycle(fleet, name):
+    pi = next(pi for pi in fleet.pis if pi.name == name)
+    assert "ii" in pi.ssh("dpkg-query -W -f='${db:Status-Abbrev}' prometheus-node-exporter").stdout
+    assert pi.ssh("test -L /etc/systemd/system/multi-user.target.wants/prometheus-node-exporter.service",
+                  check=False).returncode == 0
+    assert f"textfile_dir = {TEXTFILE_DIR}\n" in pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
+    pi.ssh("sudo dreadpi run")
+    start_node_exporter(pi)
+    series = scrape(pi)
+    watts, _ = READINGS[name]
+    mode = "drm0" if name == "sim-pi-3" else "drm2"  # sim-pi-4 (450 W) is below the raised threshold_low
+    assert series["node_textfile_scrape_error"] == 0
+    assert series[f'dreadpi_mode{{mode="{mode}"}}'] == 1
+    assert sum(value for key, value in series.items() if key.startswith("dreadpi_mode{")) == 1
+    assert series["dreadpi_generation_watts"] == watts
+    assert series["dreadpi_failsafe"] == 0 and series["dreadpi_consecutive_failsafe_cycles"] == 0
+    assert series[f'dreadpi_info{{version="{VERSION}"}}'] == 1
+    assert abs(series["dreadpi_last_cycle_timestamp_seconds"] - time.time()) < 120
+    assert series["dreadpi_cycle_interval_seconds"] == 900  # from the role's */15 cron schedule
+
+
+def test_a_broken_collector_shows_in_the_metrics_and_the_status_table(fleet):
+    pi = next(pi for pi in fleet.pis if pi.name == "sim-pi-3")
+    before = scrape(pi)
+    counts = recap(play(fleet, "config.yml", "--limit", pi.name, "-e", "dreadpi_script_command=/bin/false").stdout)
+    assert counts[pi.name]["changed"] == 1 and counts[pi.name]["failed"] == 0
+    for _ in range(2):
+        assert pi.ssh("sudo dreadpi run", check=False).returncode == 4  # the failsafe was applied
+    series = scrape(pi)
+    assert series["dreadpi_failsafe"] == 1 and series["dreadpi_consecutive_failsafe_cycles"] == 2
+    assert series['dreadpi_problem{problem="bad-answer"}'] == 1
+    assert series['dreadpi_mode{mode="drm0"}'] == 1  # the default failsafe mode
+    assert series["dreadpi_last_good_reading_timestamp_seconds"] == \
+        before["dreadpi_last_good_reading_timestamp_seconds"]
+    table = play(fleet, "status.yml").stdout.split("msg: |-", 1)[1]
+    assert re.search(rf"{pi.name}\s+drm0\s+100\s+-\s+-\s+bad-answer x2 since \d\d-\d\d \d\d:\d\d\s", table), table
+    assert re.search(r"sim-pi-4\s+drm2\s+50\s+450\s+\d+ s\s+ok\s", table), table
 
 
 def test_the_role_deploys_into_a_root_filesystem_through_chroot(root, tmp_path):

@@ -159,3 +159,23 @@ def contents(deb: Path) -> list:
     """The paths a .deb installs."""
     listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True)
     return [line.split()[-1].lstrip(".") for line in listing.stdout.splitlines()]
+
+
+def debian_deb(package: str) -> Path:
+    """The real Debian package `package` for this machine's architecture, from this machine's configured archive
+    (bookworm here), downloaded once and cached: for a simulated Pi's flat archive, since the Pi itself cannot
+    reach deb.debian.org."""
+    path = CACHE / "debian-debs"
+    found = sorted(path.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dreadpi-deb-", dir=CACHE) as scratch:
+        try:
+            run("apt-get", "update", "-qq")
+            run("apt-get", "download", "-q", package, cwd=scratch)
+        except HarnessError as err:
+            raise HarnessError(f"cannot download Debian's {package}: {err}") from None
+        (deb,) = Path(scratch).glob(f"{package}_*.deb")
+        deb.rename(path / deb.name)
+    return path / deb.name
