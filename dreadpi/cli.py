@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 from dreadpi import __version__, modes
 from dreadpi.errors import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CollectorError, ConfigError, DreadpiError, UsageError
+from dreadpi.override import MAX_OVERRIDE, parse_duration  # noqa: F401 (the override's limit is the command line's)
 
 EXIT_CODES = """exit codes:
   0   done; the mode was decided from a fresh reading (run), or the command succeeded
@@ -19,24 +20,6 @@ EXIT_CODES = """exit codes:
   5   the relays could not be driven
   64  wrong command-line arguments
 """
-
-_DURATION = r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?"
-MAX_OVERRIDE = 7 * 86400
-
-
-def parse_duration(text: str) -> float:
-    """`2h`, `90m`, `1h30m`, `45s` or plain seconds; at most a week, since an override must end by itself."""
-    import re
-
-    match = re.fullmatch(_DURATION, text.strip())
-    if not text.strip() or not match or not any(match.groups()):
-        raise UsageError(f"--for: expected a duration such as 2h, 90m or 1h30m, got {text!r}")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
-    if not 0 < total <= MAX_OVERRIDE:
-        raise UsageError(f"--for: must be more than 0 and at most 7 days, got {text!r}")
-    return float(total)
-
 
 def _load(path: str):
     from dreadpi import config
@@ -168,29 +151,10 @@ def cmd_status(args: SimpleNamespace) -> int:
 
 
 def cmd_override(args: SimpleNamespace) -> int:
-    from dreadpi import cycle, lock
-    from dreadpi import state as state_store
+    from dreadpi import override
 
     cfg = _load(args.config)
-    if args.mode == "clear":
-        if args.duration:
-            raise UsageError("override clear takes no --for")
-        new_override = None
-    else:
-        if args.mode not in modes.ALL:
-            raise UsageError(f"override: mode must be one of {', '.join(modes.ORDER)} or clear, got {args.mode!r}")
-        if args.mode not in cfg.relays.patterns:
-            raise UsageError(f"override: this board cannot assert {args.mode} (relays.{args.mode} is not set)")
-        if not args.duration:
-            raise UsageError("override: say how long with --for, e.g. --for 2h; an override always ends by itself")
-        new_override = {"mode": args.mode, "until": time.time() + parse_duration(args.duration)}
-    cycle.prepare_dirs(cfg)
-    wait = cfg.collector.timeout + 15
-    with lock.held(cfg.state_dir, wait=wait):
-        saved, _ = state_store.load(cfg.state_dir)
-        saved.override = new_override
-        state_store.save(cfg.state_dir, saved)
-    outcome = cycle.run(cfg, lock_wait=wait)  # apply it now, not at the next cron run
+    outcome = override.apply(cfg, override.requested(cfg, args.mode, args.duration))
     print(outcome.line)
     return EXIT_OK
 
