@@ -135,6 +135,44 @@ def run(argv: tuple, stdin: bytes, who: Identity, limits: Limits) -> Result:
     return Result(os.waitstatus_to_exitcode(status), outputs[0], outputs[1], who)
 
 
+class Child:
+    """A confined process that lives on (see `spawn`): its pid, which is also its session and process group, the
+    write end of its stdin and the read ends of its stdout and stderr, all non-inheritable."""
+
+    def __init__(self, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def stop(self) -> int:
+        """Close its pipes, kill its whole group, reap it; its exit code (negative: the signal)."""
+        for fd in (self.stdin, self.stdout, self.stderr):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _kill_group(self.pid)  # not reaped yet: the group id cannot belong to anyone else
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+def spawn(argv: tuple, stdin: bytes, who: Identity, memory_mb: int, cpu_seconds: int = 3600) -> Child:
+    """Start argv confined exactly as `run` does, for a service that talks to the network for as long as it
+    runs: the same user, limits and empty environment, its own session. It is given `stdin` and keeps the pipe
+    open, so that it sees end-of-file when its parent goes; the caller reads its output as it comes and must
+    `stop()` it. `cpu_seconds` bounds a runaway: a child that used them up dies, and the caller starts another."""
+    if len(stdin) > MAX_STDIN:
+        raise CollectorError(f"the input for {argv[0]} exceeds {MAX_STDIN} bytes")
+    pid, to_child, (out, err) = _spawn(list(argv), who, _confiner(memory_mb, cpu_seconds))
+    child = Child(pid, to_child, out, err)
+    try:
+        os.write(to_child, stdin)  # fits the pipe buffer (MAX_STDIN), so this never blocks
+    except BrokenPipeError:
+        pass  # it exited at once; its output and exit code will say why
+    return child
+
+
 def _spawn(argv: list, who: Identity, confine) -> tuple:  # noqa: ANN001
     """Fork and exec argv as `who` in a new session; (pid, stdin fd, (stdout fd, stderr fd))."""
     in_r, in_w = os.pipe()

@@ -123,3 +123,24 @@ def test_the_sandbox_user_may_not_be_root(root):
         sandbox.identity("root", "nogroup")
     with pytest.raises(CollectorError, match="does not exist"):
         sandbox.identity("no-such-user-here", "nogroup")
+
+
+def test_a_long_lived_child_is_confined_alike_and_stopped_whole(nobody, world_dir):
+    marker = "3003.5"
+    service = script(world_dir, "service",
+                     f"/bin/sleep {marker} &\nread line\n"
+                     "echo \"got $line as $(id -u) $(grep NoNewPrivs /proc/self/status)"
+                     " env=$(env | grep -v ^PWD= | wc -l)\"\n"
+                     "while read more; do :; done\n")
+    child = sandbox.spawn((service,), b"hello\n", nobody, memory_mb=64)
+    try:
+        out = b""
+        while b"\n" not in out:
+            out += os.read(child.stdout, 4096)
+        assert out.decode() == "got hello as 65534 NoNewPrivs:\t1 env=0\n"
+        assert len(processes_with(marker)) == 1  # it lives on, with its own child
+    finally:
+        code = child.stop()
+    assert code in (0, -9)  # it saw end-of-file on stdin and ended, or was killed; its group is killed anyway
+    time.sleep(0.2)
+    assert processes_with(marker) == []
