@@ -29,6 +29,7 @@ def _load(path: str):
 
 DEFAULT_CONFIG = "/etc/dreadpi/dreadpi.cfg"
 APPRISE_DIR = "/usr/lib/python3/dist-packages/apprise"  # what the notification sender imports (Debian's apprise)
+PAHO_DIR = "/usr/lib/python3/dist-packages/paho"  # what the MQTT child imports (Debian's python3-paho-mqtt)
 
 
 def cmd_run(args: SimpleNamespace) -> int:
@@ -63,6 +64,9 @@ def cmd_check_config(args: SimpleNamespace) -> int:
     if cfg.notify.urls and not os.path.isdir(APPRISE_DIR):
         print("note: notify.urls is set, but Debian's apprise package is not installed here (apt install apprise); "
               "until it is, each notification is a warning in the error log instead")
+    if cfg.mqtt.host and not os.path.isdir(PAHO_DIR):
+        print("note: mqtt.host is set, but Debian's python3-paho-mqtt package is not installed here (apt install "
+              "python3-paho-mqtt); until it is, publishing fails with a warning in the error log")
     if cfg.relays.backend != "sim":
         from dreadpi.relays import facts
 

@@ -163,8 +163,59 @@ NOTIFY = {
                      "seconds before sending a notification is given up (the cycle's relays are already driven)"),
 }
 
+_MQTT_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]{2,45}\]?"
+_TOPIC_LEVELS = r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+){0,7}"  # no wildcards (+ #), no empty level, no $ prefix
+
+
+def _mqtt_host(text: str) -> str:
+    value = text.strip()
+    if value and not re.fullmatch(_MQTT_HOST, value):
+        raise ValueError(f"expected a host name or address (empty = no MQTT), got {value!r}")
+    return value.strip("[]")
+
+
+def _optional_port(text: str) -> int | None:
+    return schema.integer(minimum=1, maximum=65535)(text) if text.strip() else None
+
+
+def _topic(text: str) -> str:
+    """An MQTT topic prefix dreadpi publishes under: wildcards would make it a subscription, not a topic."""
+    value = text.strip()
+    if value and not re.fullmatch(_TOPIC_LEVELS, value):
+        raise ValueError(f"expected topic levels such as dreadpi/kitchen (letters, digits, _ . -, separated by /; "
+                         f"no wildcards + or #, no leading or trailing /), got {value!r}")
+    return value
+
+
+def _existing_file(text: str) -> str:
+    value = text.strip()
+    if not value:
+        return ""
+    value = schema.absolute_path(value)
+    if not os.path.isfile(value):
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+MQTT = {
+    "host": Field(_mqtt_host, "", "the MQTT broker Home Assistant uses; empty = no MQTT"),
+    "port": Field(_optional_port, None, "the broker's port; empty = 8883 with tls, 1883 without"),
+    "username": Field(schema.text(r"[^\s]{0,128}", "a user name without spaces"), "",
+                      "dreadpi's user on the broker (its ACL lets it publish its own topics only)"),
+    "password": Field(schema.text(r"[^\x00-\x1f]{0,256}", "a password on one line", secret=True), "",
+                      "that user's password (a secret: never printed or published)"),
+    "tls": Field(schema.boolean, True, "yes: TLS, the broker's certificate checked against ca_file or the system's "
+                                       "CAs; no: plain TCP (the password travels in clear)"),
+    "ca_file": Field(_existing_file, "", "the CA certificate (PEM) that signed the broker's; empty = the system's"),
+    "topic_prefix": Field(_topic, "", "where dreadpi publishes its state and reads commands; empty = "
+                                      "dreadpi/<hostname>"),
+    "discovery_prefix": Field(_topic, "homeassistant", "Home Assistant's MQTT discovery prefix"),
+    "timeout": Field(schema.number(minimum=1, maximum=120), 10.0,
+                     "seconds before publishing is given up (the cycle's relays are already driven)"),
+}
+
 CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS, "metrics": METRICS,
-                 "notify": NOTIFY}
+                 "notify": NOTIFY, "mqtt": MQTT}
 
 
 class CollectorSettings(namedtuple("CollectorSettings",
@@ -209,8 +260,31 @@ class NotifySettings(namedtuple("NotifySettings", ("urls", "after", "timeout")))
     timeout: float
 
 
+class MqttSettings(namedtuple("MqttSettings", ("host", "port", "username", "password", "tls", "ca_file",
+                                             "topic_prefix", "discovery_prefix", "timeout"))):
+    """The `[mqtt]` section, defaults resolved: `port` is a number and `topic_prefix` never empty. `host` empty:
+    MQTT is off."""
+
+    __slots__ = ()
+    host: str
+    port: int
+    username: str
+    password: str
+    tls: bool
+    ca_file: str
+    topic_prefix: str
+    discovery_prefix: str
+    timeout: float
+
+
+def _mqtt_settings(values: dict) -> MqttSettings:
+    port = values["port"] or (8883 if values["tls"] else 1883)
+    prefix = values["topic_prefix"] or "dreadpi/" + (re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename) or "pi")
+    return MqttSettings(**{**values, "port": port, "topic_prefix": prefix})
+
+
 class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "state_dir", "log_dir", "metrics",
-                                   "notify"))):
+                                   "notify", "mqtt"))):
     __slots__ = ()
     path: str
     collector: CollectorSettings
@@ -220,6 +294,7 @@ class Config(namedtuple("Config", ("path", "collector", "policy", "relays", "sta
     log_dir: str
     metrics: MetricsSettings
     notify: NotifySettings
+    mqtt: MqttSettings
 
 
 def sections() -> dict:
@@ -326,6 +401,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
     if coll.get("group") == "root":
         problems.append("collector.group: collectors never run in the root group; use nogroup")
 
+    _check_mqtt(core["mqtt"], problems)
     patterns = _check_relays(rel, problems)
     _check_policy(pol, patterns, problems)
 
@@ -341,6 +417,7 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
         log_dir=core["paths"]["log_dir"],
         metrics=MetricsSettings(**core["metrics"]),
         notify=NotifySettings(**core["notify"]),
+        mqtt=_mqtt_settings(core["mqtt"]),
     )
 
 
@@ -380,3 +457,14 @@ def _check_policy(pol: dict, patterns: dict, problems: list) -> None:
         mode = pol.get(key)
         if mode in modes.ALL and mode not in patterns:
             problems.append(f"policy.{key}: {mode} has no relay pattern (relays.{mode})")
+
+
+def _check_mqtt(mqtt: dict, problems: list) -> None:
+    if mqtt.get("password") and not mqtt.get("username"):
+        problems.append("mqtt.password: given without mqtt.username")
+    if not mqtt.get("host"):
+        return
+    if mqtt.get("topic_prefix") and mqtt.get("topic_prefix") == mqtt.get("discovery_prefix"):
+        problems.append("mqtt.topic_prefix: must differ from mqtt.discovery_prefix")
+    if mqtt.get("ca_file") and mqtt.get("tls") is False:
+        problems.append("mqtt.ca_file: only used with mqtt.tls = yes")

@@ -156,6 +156,9 @@ def _locked_cycle(config: Config) -> Outcome:
         updated_at=epoch,
         override=saved.override if override is not None else None,
         notified_problem=saved.notified_problem,
+        mqtt_problem=saved.mqtt_problem,
+        mqtt_command_at=saved.mqtt_command_at,
+        mqtt_command=saved.mqtt_command,
         **fields,
     )
     state_store.save(config.state_dir, new)
@@ -194,6 +197,8 @@ def _report(config: Config, saved: state_store.State, outcome: Outcome, relay_er
                                                      f"{config.metrics.textfile_dir}: {err.strerror or err}")
     if config.notify.urls:
         _notify(config, saved, outcome, relay_error)
+    if config.mqtt.host:
+        _mqtt(config, outcome)
 
 
 def _notify(config: Config, saved: state_store.State, outcome: Outcome, relay_error: str | None) -> None:
@@ -214,3 +219,25 @@ def _notify(config: Config, saved: state_store.State, outcome: Outcome, relay_er
             state_store.save(config.state_dir, outcome.state)
         except OSError as err:
             logs.error(config.log_dir, outcome.when, f"warning: what was notified is not saved: {err.strerror or err}")
+
+
+def _mqtt(config: Config, outcome: Outcome) -> None:
+    """Publish the state and Home Assistant's discovery configs, retained, every cycle. A broker that is down,
+    refuses the password or hangs is one warning in the error log until it works again (the state remembers
+    it was logged), never a change to the relays or the exit code."""
+    from dreadpi.reports import mqtt
+
+    state = outcome.state
+    failure = mqtt.deliver(config, mqtt.messages(config, state, outcome.when.epoch, os.uname().nodename))
+    if failure == state.mqtt_problem:
+        return
+    if failure is None:
+        logs.error(config.log_dir, outcome.when, "warning: mqtt: publishing to the broker works again")
+    elif state.mqtt_problem is None:
+        logs.error(config.log_dir, outcome.when, f"warning: mqtt: state not published: {failure}; logged once "
+                                                 f"until it works again")
+    state.mqtt_problem = failure
+    try:
+        state_store.save(config.state_dir, state)
+    except OSError as err:
+        logs.error(config.log_dir, outcome.when, f"warning: the MQTT outcome is not saved: {err.strerror or err}")

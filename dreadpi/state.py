@@ -80,6 +80,12 @@ _DEFAULTS = {
     # Notifications (dreadpi.reports.notify): the problem a failure notification was delivered for, until a
     # recovery is notified; "relay" after a relay error. None: nothing outstanding.
     "notified_problem": None,  # one of errors.PROBLEMS | None
+    # MQTT (dreadpi.reports.mqtt, dreadpi.mqtt_listen): why publishing last failed, already in the error log, so a
+    # broker that stays down is logged once; and the last command applied from Home Assistant (its `at`, and what
+    # it asked), so a re-delivered or replayed command is never applied twice.
+    "mqtt_problem": None,  # str | None
+    "mqtt_command_at": None,  # float | None
+    "mqtt_command": None,  # str | None
     "format": FORMAT,
 }
 
@@ -140,6 +146,10 @@ def _valid(raw: dict) -> bool:
     if not all(isinstance(raw.get(key, False), bool) for key in ("failsafe", "manual")):
         return False
     if not all(isinstance(raw.get(key, ""), str) for key in ("reason", "source", "boot_id")):
+        return False
+    if not all(raw.get(key) is None or isinstance(raw[key], str) for key in ("mqtt_problem", "mqtt_command")):
+        return False
+    if not _number(raw.get("mqtt_command_at")):
         return False
     return isinstance(raw.get("extra", {}), dict)
 

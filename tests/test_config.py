@@ -35,7 +35,7 @@ def test_the_example_documents_every_key_and_is_valid():
     config.parse_text(text)
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(text)
-    for section in ("collector", "policy", "relays", "paths", "script", "notify"):
+    for section in ("collector", "policy", "relays", "paths", "script", "notify", "mqtt"):
         assert set(parser[section]) == set(config.sections()[section]), section
     for section in ("pvoutput", "enphase", "envoy"):  # commented out: only the chosen source's is given
         block = text.split(f"# [{section}]\n", 1)[1].split("\n\n", 1)[0]

@@ -84,6 +84,42 @@ def reports_figures(directory: Path, env: dict) -> None:
     print("  no notification attempted (error.log has no notify warning)")
 
 
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def mqtt_figures(directory: Path, env: dict) -> None:
+    """The same cycle with `[mqtt]` configured: the parent builds the state and discovery documents and waits for
+    the sandboxed publisher (Debian's python3 -I with python3-paho-mqtt), which connects and publishes 8 retained
+    messages. With Debian's mosquitto installed (tests/mosquitto.py installs it without starting the service) a
+    broker runs on loopback for the bench; without one, the publisher meets a closed port, which still costs the
+    child's start and paho's import, and is said so."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    broker = None
+    if os.path.exists(MOSQUITTO) and os.geteuid() == 0:
+        conf = directory / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.chmod(0o644)
+        broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    extra = f"[mqtt]\nhost = 127.0.0.1\nport = {port}\ntls = no\ntopic_prefix = dreadpi/bench\n"
+    cfg = write_config(directory, "sim", "mqtt", extra)
+    try:
+        bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, cfg), env)
+    finally:
+        if broker:
+            broker.kill()
+            broker.wait()
+    where = "a mosquitto on loopback" if broker else "no broker (a closed port: install mosquitto, run as root)"
+    report(f"script collector, sim relays, mqtt publishing to {where}", PI_PYTHON, bare, cycle)
+    log = directory / "log-sim-mqtt" / "error.log"
+    if broker and log.exists() and "mqtt" in log.read_text():
+        raise SystemExit(f"publishing failed: {log.read_text()}")
+
+
 def report(label: str, python: list, bare: tuple, cycle: tuple) -> None:
     (bare_s, bare_mem), (cycle_s, cycle_mem) = bare, cycle
     ratio = cycle_s / bare_s
@@ -111,6 +147,7 @@ def main() -> int:
                                   env)
         report("script collector, sim relays", PI_PYTHON, bare, cycle)
         reports_figures(directory, env)
+        mqtt_figures(directory, env)
         lgpio_figures(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -121,11 +121,10 @@ def redact(text: str, secrets: tuple) -> str:
 
 
 def secrets(config) -> tuple:  # noqa: ANN001 (Config)
-    """What no message or warning may contain: the collector's secret settings, each notify URL, and the parts
-    of it that may be a password, key, token or topic. Left out, as they are not secret and would blank out
-    ordinary words: host names and addresses, ports, query keys, and a user name unless it looks like a key."""
-    from urllib.parse import unquote
-
+    """What no message or warning may contain: the collector's secret settings, the MQTT password, each notify
+    URL, and the parts of it that may be a password, key, token or topic. Left out, as they are not secret and
+    would blank out ordinary words: host names and addresses, ports, query keys, and a user name unless it looks
+    like a key."""
     from dreadpi import collectors
 
     settings = config.collector.settings
@@ -134,6 +133,11 @@ def secrets(config) -> tuple:  # noqa: ANN001 (Config)
     except (KeyError, ImportError):
         keys = ()
     found = [str(settings.get(key) or "") for key in keys]
+    mqtt = getattr(config, "mqtt", None)
+    if mqtt is not None and mqtt.password:
+        found.append(mqtt.password)
+    if config.notify.urls:
+        from urllib.parse import unquote  # only where there are URLs to take apart
     for url in config.notify.urls:
         found.append(url)
         rest, _, query = url.partition("://")[2].partition("?")

@@ -1,0 +1,105 @@
+"""A real MQTT broker for the tests: Debian's mosquitto, started by the test on loopback, never as a service.
+
+Installing the package must not leave a broker running or starting at boot on the test machine, so (as
+tests/promtool.py does for prometheus) its unit is masked first and a temporary policy-rc.d refuses every start
+while apt runs. `systemctl unmask mosquitto` undoes the mask if you want the service. The test's broker runs as
+a child process of the test (`mosquitto -c CONF`), with a password file, an ACL and TLS from the test CA, and is
+killed at the end.
+
+The publishing and listening children run under Debian's `/usr/bin/python3 -I` with Debian's python3-paho-mqtt
+(bookworm: 1.6), as on a Pi, so that package is installed here too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import require_root
+
+PACKAGES = ("mosquitto", "python3-paho-mqtt")
+UNIT_MASK = Path("/etc/systemd/system/mosquitto.service")
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+DENY_STARTS = "#!/bin/sh\n# dreadpi tests: no service starts while mosquitto's package installs\nexit 101\n"
+MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
+
+
+def _missing() -> list:
+    missing = [] if os.path.exists(MOSQUITTO) and os.path.exists(MOSQUITTO_PASSWD) else ["mosquitto"]
+    check = subprocess.run(["/usr/bin/python3", "-I", "-c", "import paho.mqtt.client"], capture_output=True)
+    return missing + ([] if check.returncode == 0 else ["python3-paho-mqtt"])
+
+
+def install() -> None:
+    """apt-get install mosquitto and python3-paho-mqtt (root) without letting the broker start, now or at boot."""
+    missing = _missing()
+    if not missing:
+        return
+    require_root()
+    if not UNIT_MASK.exists() and not UNIT_MASK.is_symlink():
+        UNIT_MASK.parent.mkdir(parents=True, exist_ok=True)
+        UNIT_MASK.symlink_to("/dev/null")
+    temporary_policy = not POLICY_RC_D.exists()
+    if temporary_policy:
+        POLICY_RC_D.write_text(DENY_STARTS)
+        POLICY_RC_D.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
+                       capture_output=True, env=env)
+    finally:
+        if temporary_policy:
+            POLICY_RC_D.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Broker:
+    """mosquitto on 127.0.0.1: `port` plain (1883-style) and `tls_port` (8883-style, the test CA's certificate
+    for 127.0.0.1), `users` {name: password} in a mosquitto_passwd file, and `acl` as the acl_file's text."""
+
+    def __init__(self, directory: Path, users: dict, acl: str, ca: Path, cert: Path, key: Path) -> None:
+        self.dir = directory
+        self.port, self.tls_port = free_port(), free_port()
+        passwords = directory / "passwd"
+        passwords.write_text("")
+        for user, password in users.items():
+            subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True, capture_output=True)
+        (directory / "acl").write_text(acl)
+        conf = directory / "mosquitto.conf"
+        conf.write_text(
+            "per_listener_settings false\nallow_anonymous false\npersistence false\nlog_dest stderr\n"
+            f"password_file {passwords}\nacl_file {directory / 'acl'}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"listener {self.tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
+        for path in directory.iterdir():
+            path.chmod(0o644)  # the broker drops to its own user before it reads some of them
+        self.log = directory / "mosquitto.log"
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                        stderr=self.log.open("wb"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()}")
+            try:
+                for port in (self.port, self.tls_port):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.close()
+        raise RuntimeError(f"mosquitto did not listen: {self.log.read_text()}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()

@@ -1,0 +1,409 @@
+"""Home Assistant over MQTT, with real parts: Debian's mosquitto as the broker (password file, ACL, TLS from the
+test CA) on loopback, cycles as the real `dreadpi run`, the publisher and the listener's network side under
+Debian's `/usr/bin/python3 -I` with Debian's python3-paho-mqtt (1.6 on bookworm) in the sandbox, and the
+listener as a real `dreadpi mqtt-listen` process. The test plays Home Assistant with paho 2.x from the venv,
+and one test runs the child's code under that paho 2.x too, so both callback APIs are exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dreadpi import config, state
+from dreadpi.errors import ConfigError
+from dreadpi.reports import fetch_mqtt, mqtt
+from tests.conftest import REPO, dreadpi, require_root, write_config
+
+HOST = os.uname().nodename
+NODE = mqtt.node_id(HOST)
+PREFIX = "dreadpi/test"
+PI_USER, PI_PASSWORD = "pi-test", "pi-S3cretMqttPass"
+HA_USER, HA_PASSWORD = "homeassistant", "ha-S3cretMqttPass"
+GUEST_USER, GUEST_PASSWORD = "guest", "guest-S3cretPass"
+NOBODY = 65534
+# The broker's ACL, as the README gives it for one Pi: Home Assistant alone may write a command topic; the Pi
+# writes its own state, availability and discovery configs and reads its own commands; others only read.
+ACL = f"""user {HA_USER}
+topic readwrite homeassistant/#
+topic read dreadpi/#
+topic write dreadpi/+/command
+
+user {PI_USER}
+topic write {PREFIX}/state
+topic write {PREFIX}/listener
+topic read {PREFIX}/command
+topic write homeassistant/+/{NODE}/+/config
+
+user {GUEST_USER}
+topic read dreadpi/#
+topic read homeassistant/#
+"""
+
+
+@pytest.fixture(scope="module")
+def broker(certs):
+    """One mosquitto for the module: plain and TLS listeners on loopback, killed at the end."""
+    from tests import mosquitto
+
+    require_root()
+    mosquitto.install()
+    directory = Path(tempfile.mkdtemp(prefix="dreadpi-broker-"))
+    directory.chmod(0o755)
+    cert, key = directory / "broker.pem", directory / "broker.key"
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
+                    "-out", str(directory / "broker.csr")], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(directory / "broker.csr"), "-CA", str(certs.ca), "-CAkey",
+                    str(certs.dir / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
+                    str(directory / "san.ext"), "-out", str(cert)], check=True, capture_output=True)
+    shutil.copy(certs.ca, directory / "ca.pem")
+    users = {HA_USER: HA_PASSWORD, PI_USER: PI_PASSWORD, GUEST_USER: GUEST_PASSWORD}
+    server = mosquitto.Broker(directory, users, ACL, directory / "ca.pem", cert, key)
+    server.ca = directory / "ca.pem"
+    yield server
+    server.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Client:
+    """A test-side MQTT client (paho 2.x from the venv): Home Assistant, or another user of the broker."""
+
+    def __init__(self, broker, user: str, password: str) -> None:
+        import paho.mqtt.client as paho
+
+        self.messages: list = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-{user}-{uuid.uuid4().hex[:8]}")
+        self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if rc == 0 else None
+        self.client.on_message = self._received
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert self.connected.wait(5), f"{user} could not connect"
+
+    def _received(self, client, userdata, message) -> None:
+        with self.lock:
+            self.messages.append((message.topic, message.payload.decode(), message.retain))
+
+    def subscribe(self, *topics: str) -> None:
+        for topic in topics:
+            self.client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: str) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def latest(self) -> dict:
+        with self.lock:
+            return {topic: payload for topic, payload, _ in self.messages}
+
+    def wait(self, predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate(self.latest()):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def retained(broker, *topics: str, count: int) -> dict:
+    """The retained messages on `topics` ({topic: payload}), as Home Assistant finds them when it starts."""
+    home = Client(broker, HA_USER, HA_PASSWORD)
+    try:
+        home.subscribe(*topics)
+        home.wait(lambda found: len(found) >= count, 5)
+        time.sleep(0.2)  # and nothing more
+        assert all(is_retained for _, _, is_retained in home.messages)
+        return home.latest()
+    finally:
+        home.close()
+
+
+def clear_retained(broker) -> None:
+    """Forget what earlier tests left on the broker (an empty retained message deletes one)."""
+    home = Client(broker, HA_USER, HA_PASSWORD)
+    try:
+        home.subscribe(f"homeassistant/+/{NODE}/+/config", f"{PREFIX}/#")
+        time.sleep(0.3)
+        pi = Client(broker, PI_USER, PI_PASSWORD)
+        for topic in home.latest():
+            pi.publish(topic, "")
+        pi.close()
+    finally:
+        home.close()
+
+
+def mqtt_section(broker, **changes: str) -> dict:
+    section = {"host": "127.0.0.1", "port": str(broker.tls_port), "username": PI_USER, "password": PI_PASSWORD,
+               "tls": "yes", "ca_file": str(broker.ca), "topic_prefix": PREFIX, "timeout": "6"}
+    section.update(changes)
+    return section
+
+
+def status(cfg: Path) -> dict:
+    done = dreadpi("status", "--json", "-c", str(cfg))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def error_log(directory: Path) -> str:
+    path = directory / "log" / "error.log"
+    return path.read_text() if path.exists() else ""
+
+
+def processes_with(marker: str) -> list:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def uid_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("\nUid:")[1].split()[0])
+
+
+# Publishing: every cycle, retained, as Home Assistant's discovery wants it.
+
+def test_a_cycle_publishes_discovery_and_its_state_retained(broker, world_dir):
+    clear_retained(broker)
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "metrics": {"schedule": "*/5 * * * *"}})
+    outputs = []
+    seen = []
+    for _ in range(2):
+        result = dreadpi("run", "-c", str(cfg))
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout + result.stderr)
+        seen.append(retained(broker, "homeassistant/#", f"{PREFIX}/#", count=8))
+    first, second = seen
+    configs = {topic: json.loads(payload) for topic, payload in second.items() if topic.endswith("/config")}
+    assert sorted(configs) == sorted(f"homeassistant/{component}/{NODE}/{name}/config" for component, name in [
+        ("sensor", "generation"), ("sensor", "mode"), ("sensor", "permitted"), ("sensor", "reason"),
+        ("binary_sensor", "problem"), ("sensor", "override_end"), ("select", "control")])
+    for topic, payload in configs.items():
+        assert payload["unique_id"] == f"{NODE}_{topic.split('/')[3]}"
+        assert payload["device"]["identifiers"] == [NODE] and payload["device"]["sw_version"]
+        assert payload["device"]["model"] and payload["origin"]["name"] == "dreadpi"
+        assert payload["state_topic"] == f"{PREFIX}/state" and payload["name"]
+        if "/select/" in topic:
+            assert payload["command_topic"] == f"{PREFIX}/command"
+            assert payload["options"] == ["automatic", "normal for 1 h", "normal for 2 h", "normal for 4 h"]
+            assert payload["availability_topic"] == f"{PREFIX}/listener" and "expire_after" not in payload
+            assert '"at": {{ as_timestamp(now()) | int }}' in payload["command_template"]
+        else:
+            assert payload["expire_after"] == 600  # two intervals of */5
+    power = configs[f"homeassistant/sensor/{NODE}/generation/config"]
+    assert (power["device_class"], power["unit_of_measurement"]) == ("power", "W")
+    assert configs[f"homeassistant/sensor/{NODE}/mode/config"]["device_class"] == "enum"
+    assert configs[f"homeassistant/binary_sensor/{NODE}/problem/config"]["device_class"] == "problem"
+    assert configs[f"homeassistant/sensor/{NODE}/override_end/config"]["device_class"] == "timestamp"
+    assert {t: json.loads(p)["unique_id"] for t, p in first.items() if t.endswith("/config")} == \
+        {t: p["unique_id"] for t, p in configs.items()}  # stable from cycle to cycle
+    document = json.loads(second[f"{PREFIX}/state"])
+    info = status(cfg)
+    assert {key: document[key] for key in ("mode", "percent", "watts", "reason", "failsafe", "override", "version")} \
+        == {key: info[key] for key in ("mode", "percent", "watts", "reason", "failsafe", "override", "version")}
+    assert document["mode"] == "drm3" and document["control"] == "automatic" and document["problem"] is None
+    assert document["health"]["consecutive_failsafe"] == 0 and document["override_until"] is None
+    assert document["updated_at"] == info["updated_at"]
+    everything = json.dumps([first, second]) + "".join(outputs) + error_log(world_dir)
+    assert PI_PASSWORD not in everything and "warning" not in error_log(world_dir)
+
+
+@pytest.mark.parametrize("how", ["password", "dead", "hanging"])
+def test_a_broker_problem_changes_nothing_and_is_logged_once(broker, world_dir, how):
+    listener = None
+    if how == "dead":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        section = mqtt_section(broker, port=str(listener.getsockname()[1]))
+    elif how == "hanging":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # the kernel accepts the connection; nobody ever answers
+        section = mqtt_section(broker, port=str(listener.getsockname()[1]), timeout="3")
+    else:
+        section = mqtt_section(broker, password="wrong-password")
+    results = {}
+    try:
+        for name, extra in (("plain", {}), ("mqtt", {"mqtt": section})):
+            directory = world_dir / name
+            directory.mkdir()
+            cfg = write_config(directory, {"script": {"command": "/bin/echo 350"}, **extra})
+            steps = []
+            for _ in range(2):
+                started = time.monotonic()
+                result = dreadpi("run", "-c", str(cfg))
+                assert time.monotonic() - started < 3 + 3, how  # mqtt.timeout, and the cycle's own time
+                info = status(cfg)
+                steps.append((result.returncode, info["mode"], info["relays"], info["reason"],
+                              (directory / "state" / "sim-pins.json").read_text(), result.stdout[19:]))
+            results[name] = steps
+    finally:
+        if listener:
+            listener.close()
+    assert results["mqtt"] == results["plain"]
+    assert [code for code, *_ in results["plain"]] == [0, 0]
+    log = error_log(world_dir / "mqtt")
+    why = {"password": "the broker refused the user name or password", "dead": "connection refused",
+           "hanging": "no answer in time"}[how]
+    assert log.count("warning: mqtt: state not published: mqtt.host 127.0.0.1 port ") == 1, log
+    assert why in log and "logged once until it works again" in log
+    assert log.count("\n") == 1 and PI_PASSWORD not in log and "wrong-password" not in log
+    assert processes_with("run_publish") == []
+    if how == "password":  # fixed: it says so, once
+        cfg = write_config(world_dir / "mqtt", {"script": {"command": "/bin/echo 350"}, "mqtt": mqtt_section(broker)})
+        assert dreadpi("run", "-c", str(cfg)).returncode == 0
+        assert dreadpi("run", "-c", str(cfg)).returncode == 0
+        assert error_log(world_dir / "mqtt").count("mqtt: publishing to the broker works again") == 1
+
+
+def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker)})
+    code = ("import os, sys; from dreadpi.cli import main; forks = []; real = os.fork\n"
+            "def fork():\n    forks.append(1)\n    return real()\n"
+            "os.fork = fork; rc = main(['run', '-c', sys.argv[1]]); "
+            "print(rc, len(forks), sorted({m.split('.')[0] for m in sys.modules} & {'paho', 'ssl', 'subprocess', "
+            "'threading', 'http', 'urllib'}))")
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.append({str(REPO)!r})\n" + code,
+                           str(cfg)], capture_output=True, text=True, env={"TZ": "UTC"}, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 2 []"  # the collector and the publisher
+    assert "warning" not in error_log(world_dir)
+
+
+# Both paho APIs: the same child code under the venv's paho 2.x.
+
+@pytest.fixture
+def paho2(world_dir) -> str:
+    """An interpreter the sandbox user can run with PyPI's paho 2.x and not Debian's 1.6: Debian's python3 in a
+    venv of its own (the test venv's interpreter may live where the sandbox user cannot reach), given the test
+    venv's paho package."""
+    import paho
+
+    venv = world_dir / "paho2"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    shutil.copytree(Path(paho.__file__).parent, site / "paho")
+    python = str(venv / "bin" / "python3")
+    found = subprocess.run([python, "-I", "-c", "import paho.mqtt; print(paho.mqtt.__version__)"], text=True,
+                           capture_output=True, check=True).stdout
+    assert found.startswith("2."), found
+    return python
+
+
+def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
+    clear_retained(broker)
+    cfg_path = write_config(world_dir, {"mqtt": mqtt_section(broker, port=str(broker.port), tls="no",
+                                                             ca_file=None)})
+    assert dreadpi("run", "-c", str(cfg_path)).returncode == 0  # Debian's paho 1.6, plain TCP this time
+    cfg = config.load(str(cfg_path))
+    saved, _ = state.load(cfg.state_dir)
+    saved.reason = "published by paho 2"
+    assert mqtt.deliver(cfg, mqtt.messages(cfg, saved, time.time(), HOST), python=paho2) is None
+    assert json.loads(retained(broker, f"{PREFIX}/state", count=1)[f"{PREFIX}/state"])["reason"] == \
+        "published by paho 2"
+    wrong = cfg._replace(mqtt=cfg.mqtt._replace(password="wrong-password"))
+    assert "refused the user name or password" in mqtt.deliver(wrong, [], python=paho2)
+
+
+# The parts, without a broker.
+
+def settings(text: str = "") -> config.Config:
+    host = "" if text.startswith("host =") else "host = broker.lan\n"
+    return config.parse_text(f"[script]\ncommand = /bin/echo 1\n[mqtt]\n{host}{text}")
+
+
+def test_mqtt_settings_and_their_defaults():
+    assert config.parse_text("[script]\ncommand = /bin/echo 1\n").mqtt.host == ""  # off
+    cfg = settings()
+    assert cfg.mqtt == config.MqttSettings("broker.lan", 8883, "", "", True, "", f"dreadpi/{HOST}", "homeassistant",
+                                           10.0)
+    assert settings("tls = no\n").mqtt.port == 1883
+    assert settings("tls = no\nport = 1884\n").mqtt.port == 1884
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("port = 0", "mqtt.port: must be at least 1, got 0"),
+    ("port = 65536", "mqtt.port: must be at most 65535"),
+    ("tls = maybe", "mqtt.tls: expected yes or no"),
+    ("ca_file = /nonexistent/ca.pem", "mqtt.ca_file: no such file: /nonexistent/ca.pem"),
+    ("topic_prefix = dreadpi/+", "mqtt.topic_prefix: expected topic levels"),
+    ("topic_prefix = dreadpi/#", "mqtt.topic_prefix: expected topic levels"),
+    ("topic_prefix = /dreadpi", "mqtt.topic_prefix: expected topic levels"),
+    ("discovery_prefix = home assistant", "mqtt.discovery_prefix: expected topic levels"),
+    ("host = broker lan", "mqtt.host: expected a host name or address"),
+    ("password = S3cretNotShown", "mqtt.password: given without mqtt.username"),
+    ("prefix = x", "mqtt.prefix: unknown key"),
+])
+def test_bad_mqtt_settings_name_the_key(line, expected):
+    with pytest.raises(ConfigError) as caught:
+        settings(line + "\n")
+    assert any(problem.startswith(expected) for problem in caught.value.problems), caught.value.problems
+    assert "S3cretNotShown" not in str(caught.value)
+
+
+def test_the_password_is_hidden_wherever_text_is_redacted():
+    from dreadpi.reports import notify
+
+    cfg = settings("username = pi\npassword = pw-Hidden123\n")
+    assert "pw-Hidden123" in notify.secrets(cfg)
+    assert "pw-Hidden123" not in json.dumps(mqtt.messages(cfg, state.State(reason="it said pw-Hidden123"), 1e9, "pi"))
+
+
+def test_expire_after_is_two_schedule_intervals():
+    assert mqtt.expire_after(settings()) == 1800  # unknown schedule: the role's 15 minutes
+    cfg = config.parse_text("[script]\ncommand = /bin/echo 1\n[metrics]\nschedule = */10 5-21 * * *\n")
+    assert mqtt.expire_after(cfg) == 1200
+
+
+@pytest.mark.parametrize(("override", "shown"), [
+    (None, "automatic"),
+    ({"mode": "drm0", "until": 1e9 + 1800}, "normal for 1 h"),
+    ({"mode": "drm0", "until": 1e9 + 3 * 3600}, "normal for 4 h"),
+    ({"mode": "drm0", "until": 1e9 - 1}, "automatic"),  # ended
+])
+def test_the_select_shows_the_override(override, shown):
+    assert mqtt.control(override, 1e9) == shown
+
+
+OPTIONS = {option: [mode, duration] for option, mode, duration in mqtt.CONTROL}
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (b'{"option": "normal for 2 h", "at": 1800000000}', {"mode": "drm0", "for": "2h", "at": 1800000000}),
+    (b'{"option": "automatic", "at": 1800000000.7}', {"mode": "clear", "for": None, "at": 1800000000}),
+    (b'{"mode": "drm3", "for": "1h30m", "at": 1}', {"mode": "drm3", "for": "1h30m", "at": 1}),
+    (b'{"option": "normal for 3 h", "at": 1}', "not one of the select's options"),
+    (b'{"option": "automatic"}', "no time"),
+    (b'{"option": "automatic", "at": 1, "x": 2}', "not one of the select's options"),
+    (b'{"mode": "drm0", "for": "2 hours", "at": 1}', "not a duration"),
+    (b'{"mode": "drm0; rm -rf /", "at": 1}', "not a mode dreadpi knows"),
+    (b"automatic", "not JSON"),
+    (b"\xff", "not JSON"),
+    (b"[]", "not a JSON object"),
+    (b'{"option": "automatic", "at": 1, "pad": "' + b"x" * 600 + b'"}', "longer than a command"),
+])
+def test_the_child_passes_on_only_commands_of_the_right_shape(payload, expected):
+    if isinstance(expected, dict):
+        assert fetch_mqtt.command(payload, OPTIONS) == expected
+    else:
+        with pytest.raises(fetch_mqtt.Failed, match=expected):
+            fetch_mqtt.command(payload, OPTIONS)
