@@ -163,6 +163,13 @@ def cmd_override(args: SimpleNamespace) -> int:
     return EXIT_OK
 
 
+def cmd_mqtt_listen(args: SimpleNamespace) -> int:
+    from dreadpi import mqtt_listen
+
+    cfg = _load(args.config)
+    return mqtt_listen.serve(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def cmd_enphase_auth(args: SimpleNamespace) -> int:
     """First authorisation: the user approves the app in a browser, pastes the code, and the tokens are stored
     where the cycle keeps rotating them. The exchange runs in the sandbox like any other collector call."""
@@ -294,6 +301,7 @@ COMMANDS = {
     "override": ({"-c": "config", "--config": "config", "--for": "duration"}, {}, ("mode",)),
     "enphase-auth": ({"-c": "config", "--config": "config"}, {}, ()),
     "relay-hold": ({"-c": "config", "--config": "config"}, {}, ()),
+    "mqtt-listen": ({"-c": "config", "--config": "config"}, {}, ()),
     "simulate": ({"-c": "config", "--config": "config", "--ac-watts": "ac_watts", "--sweep": "sweep",
                   "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {"--json": "json"}, ("trace",)),
     "plot": ({"-c": "config", "--config": "config", "-o": "output", "--output": "output", "--day": "day",
@@ -308,7 +316,7 @@ def cmd_relay_hold(args: SimpleNamespace) -> int:
 
 
 HANDLERS = {"run": cmd_run, "relay-hold": cmd_relay_hold, "check-config": cmd_check_config, "status": cmd_status,
-            "override": cmd_override,
+            "override": cmd_override, "mqtt-listen": cmd_mqtt_listen,
             "enphase-auth": cmd_enphase_auth, "simulate": cmd_simulate, "plot": cmd_plot}
 
 
@@ -381,6 +389,10 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
     holder = sub.add_parser("relay-hold", help="the relay hold service: keeps gpiochip relay lines driven between "
                                               "cycles where the kernel would release them (systemd runs it)")
     holder.add_argument("-c", "--config", help=config_help)
+
+    listen = sub.add_parser("mqtt-listen", help="the MQTT command service (systemd runs it as root): applies "
+                                                "Home Assistant's override select; the network side is sandboxed")
+    listen.add_argument("-c", "--config", help=config_help)
 
     sim = sub.add_parser("simulate", help="replay a generation trace through the policy, beside two baselines")
     plot = sub.add_parser("plot", help="draw one day of a plot log or a trace as a PNG (needs dreadpi[plot])")

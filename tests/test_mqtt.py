@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dreadpi import config, state
+from dreadpi import config, mqtt_listen, state
 from dreadpi.errors import ConfigError
 from dreadpi.reports import fetch_mqtt, mqtt
 from tests.conftest import REPO, dreadpi, require_root, write_config
@@ -289,6 +291,106 @@ def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
     assert "warning" not in error_log(world_dir)
 
 
+# Commands: Home Assistant's select, through the listener.
+
+@pytest.fixture
+def listener(broker, world_dir):
+    """A cycle has run; the real `dreadpi mqtt-listen` runs as root, as its unit would; Home Assistant watches."""
+    clear_retained(broker)
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "policy": {"min_dwell": "3600"}})
+    assert dreadpi("run", "-c", str(cfg)).returncode == 0
+    home = Client(broker, HA_USER, HA_PASSWORD)
+    home.subscribe(f"{PREFIX}/#")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "TZ": "UTC"}
+    process = subprocess.Popen([sys.executable, "-m", "dreadpi", "mqtt-listen", "-c", str(cfg)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "online", 10), process.stderr
+        yield cfg, home, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        home.close()
+
+
+def override_of(cfg: Path) -> dict | None:
+    return status(cfg)["override"]
+
+
+def command(home: Client, payload: object) -> None:
+    home.publish(f"{PREFIX}/command", payload if isinstance(payload, str) else json.dumps(payload))
+
+
+def settles(cfg: Path, expected: object, seconds: float = 2.0) -> bool:
+    """Whether status shows `expected` as the override (a predicate on it) within `seconds`."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if expected(override_of(cfg)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_home_assistant_sets_and_ends_an_override_and_nobody_else_can(broker, world_dir, listener):
+    cfg, home, process = listener
+    children = processes_with("run_listen")
+    assert children and all(uid_of(pid) == NOBODY for pid in children)  # the network side is the sandbox user
+    assert not any(PI_PASSWORD.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children)
+    assert status(cfg)["mode"] == "drm3" and override_of(cfg) is None
+    chosen = int(time.time())
+    command(home, {"option": "normal for 2 h", "at": chosen})
+    assert settles(cfg, lambda o: o is not None and o["mode"] == "drm0")
+    info = status(cfg)
+    assert info["mode"] == "drm0" and info["relays"] == [0, 0]
+    assert home.wait(lambda found: json.loads(found[f"{PREFIX}/state"])["control"] == "normal for 2 h")
+    until = info["override"]["until"]
+
+    refused = [
+        (GUEST_USER, {"option": "automatic", "at": int(time.time())}),  # the ACL drops it
+        (HA_USER, {"mode": "drm9-unknown", "for": "1h", "at": int(time.time())}),
+        (HA_USER, {"mode": "drm0", "for": "9d", "at": int(time.time())}),
+        (HA_USER, {"mode": "drm1", "for": "1h", "at": int(time.time())}),  # this board has no drm1
+        (HA_USER, {"option": "automatic", "at": int(time.time()) - 600}),  # stale
+        (HA_USER, {"option": "automatic", "at": int(time.time()) + 3600}),  # from the future
+        (HA_USER, {"option": "normal for 2 h", "at": chosen}),  # re-delivered
+        (HA_USER, "automatic"),  # a select without dreadpi's command_template
+    ]
+    guest = Client(broker, GUEST_USER, GUEST_PASSWORD)
+    try:
+        for user, payload in refused:
+            command(guest if user == GUEST_USER else home, payload)
+        time.sleep(1.5)
+    finally:
+        guest.close()
+    assert override_of(cfg)["until"] == until  # unchanged: not even re-applied
+    log = error_log(world_dir)
+    assert log.count("warning: mqtt: command refused: ") == len(refused) - 1, log  # the guest's never arrived
+    for phrase in ("not a mode dreadpi knows", "at most 7 days", "cannot assert drm1", "stale: sent 6",
+                   "in the future", "already applied", "not JSON"):
+        assert phrase in log, phrase
+    assert "drm9-unknown" not in log and "9d" not in log
+
+    command(home, {"option": "automatic", "at": int(time.time())})
+    assert settles(cfg, lambda o: o is None)
+    assert status(cfg)["mode"] == "drm3"
+    command(home, {"option": "normal for 2 h", "at": chosen})  # replayed: older than the last one applied
+    time.sleep(1.0)
+    assert override_of(cfg) is None
+    assert error_log(world_dir).count("already applied, or older than the last command applied") == 2
+    for secret in (PI_PASSWORD, HA_PASSWORD):
+        assert secret not in error_log(world_dir) and secret not in json.dumps(home.latest())
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(5) == 0
+    assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "offline", 5)  # its last will
+    assert processes_with("run_listen") == []
+
+
 # Both paho APIs: the same child code under the venv's paho 2.x.
 
 @pytest.fixture
@@ -322,6 +424,28 @@ def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
         "published by paho 2"
     wrong = cfg._replace(mqtt=cfg.mqtt._replace(password="wrong-password"))
     assert "refused the user name or password" in mqtt.deliver(wrong, [], python=paho2)
+
+    home = Client(broker, HA_USER, HA_PASSWORD)
+    home.subscribe(f"{PREFIX}/listener")
+    code = ("import sys; from dreadpi import config, mqtt_listen\n"
+            "sys.exit(mqtt_listen.serve(config.load(sys.argv[1]), lambda line: print(line, flush=True), "
+            "python=sys.argv[2]))")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "TZ": "UTC"}
+    process = subprocess.Popen([sys.executable, "-c", code, str(cfg_path), paho2], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "online", 10)
+        command(home, {"option": "normal for 1 h", "at": int(time.time())})
+        assert settles(cfg_path, lambda o: o is not None and o["mode"] == "drm0")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        home.close()
+    assert processes_with("run_listen") == []
 
 
 # The parts, without a broker.
@@ -382,6 +506,45 @@ def test_expire_after_is_two_schedule_intervals():
 ])
 def test_the_select_shows_the_override(override, shown):
     assert mqtt.control(override, 1e9) == shown
+
+
+NOW = 1_800_000_000
+
+
+def request(mode: str = "drm0", duration: str | None = "2h", at: int = NOW) -> dict:
+    return {"event": "command", "mode": mode, "for": duration, "at": at}
+
+
+@pytest.mark.parametrize(("given", "why"), [
+    (request(mode="drm1"), "cannot assert drm1"),
+    (request(mode="drm9"), "mode must be one of"),
+    (request(duration="9d"), "at most 7 days"),
+    (request(duration=None), "say how long"),
+    (request(mode="clear", duration="1h"), "takes no --for"),
+    (request(at=NOW - 301), "stale"),
+    (request(at=NOW + 31), "in the future"),
+    ({**request(), "at": True}, "no valid time"),
+    ({**request(), "at": "1800000000"}, "no valid time"),
+    ({**request(), "extra": 1}, "not a command"),
+    ([1, 2], "not a command"),
+])
+def test_the_root_side_refuses_what_it_would_not_do(given, why):
+    with pytest.raises(mqtt_listen.Refused, match=why) as caught:
+        mqtt_listen.validate(settings(), given, NOW)
+    assert "9d" not in str(caught.value) and "drm9" not in str(caught.value)
+
+
+def test_the_root_side_accepts_a_command_once():
+    wanted, at, key = mqtt_listen.validate(settings(), request(), NOW)
+    assert wanted == {"mode": "drm0", "until": NOW + 7200} and (at, key) == (NOW, "drm0 2h")
+    assert mqtt_listen.validate(settings(), request(mode="clear", duration=None), NOW)[0] is None
+    saved = state.State()
+    mqtt_listen.accept(at, key)(saved)
+    assert (saved.mqtt_command_at, saved.mqtt_command) == (NOW, "drm0 2h")
+    for again in (mqtt_listen.accept(NOW, "drm0 2h"), mqtt_listen.accept(NOW - 1, "clear")):
+        with pytest.raises(mqtt_listen.Refused, match="already applied"):
+            again(saved)
+    mqtt_listen.accept(NOW, "clear")(saved)  # another command in the same second is a new one
 
 
 OPTIONS = {option: [mode, duration] for option, mode, duration in mqtt.CONTROL}

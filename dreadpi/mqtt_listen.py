@@ -1,0 +1,205 @@
+"""`dreadpi mqtt-listen`: the service that lets Home Assistant's select set or end an override, within seconds.
+
+Two processes, split by privilege. The network side is a long-running child in the collector sandbox
+(sandbox.spawn: the unprivileged user, limits, no environment) running fetch_mqtt's `listen`: it holds the
+broker connection, and passes on only commands of the right shape, as {"mode", "for", "at"}. This root side
+trusts none of it: it re-validates every field against its own config (a mode the board can assert, a
+duration within the override limit, a time no more than MAX_AGE old and at most MAX_SKEW ahead), then applies
+it through the same code path as `dreadpi override` (override.apply: under the cycle's lock, then a cycle,
+which republishes the state). A command whose `at` is older than the last one applied, or the same command
+again, is not applied twice (state.mqtt_command_at / mqtt_command). Anything refused is logged with the reason,
+never the command itself. Who may send commands at all is the broker's ACL: only Home Assistant's user may
+write the command topic.
+
+The child reconnects by itself; if it dies, this side starts another after a pause. A broker problem is logged
+once (error.log and stderr) until the connection works again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import time
+
+from dreadpi import logs
+from dreadpi.clock import now as clock_now
+from dreadpi.errors import EXIT_CONFIG, EXIT_OK, DreadpiError, UsageError
+
+MAX_AGE = 300.0  # seconds: an older command was queued, retained or replayed; a person asked minutes ago at most
+MAX_SKEW = 30.0  # seconds a command may be dated ahead of this Pi's clock (Home Assistant's clock differs a little)
+MAX_LINE = 4096  # bytes of one line from the child; more is a broken child
+RESTART_PAUSE = 10.0  # seconds before a child that died is replaced
+
+
+class Refused(DreadpiError):
+    """A command that is not applied; the message is the reason, never the command."""
+
+
+class Stop(BaseException):
+    """SIGTERM: systemd stops the service."""
+
+
+def validate(cfg, request: object, now: float) -> tuple:  # noqa: ANN001 (Config)
+    """(override for the state or None to clear it, the command's `at`, its key) from what the child passed
+    on; Refused says why not. The duplicate check needs the saved state: `accept`."""
+    if not isinstance(request, dict) or set(request) != {"event", "mode", "for", "at"}:
+        raise Refused("not a command")
+    at, mode, duration = request["at"], request["mode"], request["for"]
+    if isinstance(at, bool) or not isinstance(at, int):
+        raise Refused("no valid time (at)")
+    if at < now - MAX_AGE:
+        raise Refused(f"stale: sent {now - at:.0f} s ago (at most {MAX_AGE:g})")
+    if at > now + MAX_SKEW:
+        raise Refused(f"dated {at - now:.0f} s in the future (at most {MAX_SKEW:g}; check the clocks)")
+    if not isinstance(mode, str) or not (duration is None or isinstance(duration, str)):
+        raise Refused("not a command")
+    from dreadpi import override
+
+    try:
+        wanted = override.requested(cfg, mode, duration, now)
+    except UsageError as err:
+        raise Refused(_without_value(str(err))) from None
+    return wanted, at, f"{mode} {duration or ''}".strip()
+
+
+def _without_value(message: str) -> str:
+    """A UsageError's sentence without the value it quotes (which came from the network)."""
+    return message.split(", got ")[0]
+
+
+def accept(at: int, key: str):  # noqa: ANN201
+    """The check override.apply runs under the lock: not older than, nor the same as, the last command applied;
+    and then records this one."""
+
+    def check(saved) -> None:  # noqa: ANN001 (state.State)
+        last = saved.mqtt_command_at
+        if last is not None and (at < last or (at == last and key == saved.mqtt_command)):
+            raise Refused("already applied, or older than the last command applied")
+        saved.mqtt_command_at, saved.mqtt_command = float(at), key
+
+    return check
+
+
+def handle(cfg, request: object) -> str:  # noqa: ANN001 (Config)
+    """Apply one command from the child; a line for the log either way."""
+    from dreadpi import override
+
+    try:
+        wanted, at, key = validate(cfg, request, time.time())
+        outcome = override.apply(cfg, wanted, accept(at, key))
+    except Refused as err:
+        line = f"warning: mqtt: command refused: {err}"
+        logs.error(cfg.log_dir, clock_now(), line)
+        return line
+    except DreadpiError as err:  # the lock held too long, relays that cannot be driven: not the sender's fault
+        line = f"error: mqtt: command not applied: {err}"
+        logs.error(cfg.log_dir, clock_now(), line)
+        return line
+    return f"mqtt: applied {key} from Home Assistant: {outcome.line}"
+
+
+class Connection:
+    """What the log already says about the broker, so a problem is logged once, and its end once."""
+
+    def __init__(self, cfg, log) -> None:  # noqa: ANN001
+        self.cfg, self.log = cfg, log
+        self.problem: str | None = None
+
+    def event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "connected":
+            if self.problem is not None:
+                self._say("warning: mqtt: the listener is connected to the broker again")
+            else:
+                self.log(f"mqtt: listening on {self.cfg.mqtt.topic_prefix}/command")
+            self.problem = None
+        elif kind == "error":
+            why = str(event.get("why"))[:200]
+            if self.problem is None:
+                self._say(f"warning: mqtt: the listener cannot reach mqtt.host {self.cfg.mqtt.host} port "
+                          f"{self.cfg.mqtt.port}: {why}; logged once until it works again")
+            self.problem = why
+
+    def _say(self, line: str) -> None:
+        from dreadpi.reports.notify import redact, secrets
+
+        line = redact(line, secrets(self.cfg))
+        logs.error(self.cfg.log_dir, clock_now(), line)
+        self.log(line)
+
+
+def serve(cfg, log, python: str | None = None) -> int:  # noqa: ANN001 (Config, callable)
+    """Run until SIGTERM: keep a listening child, apply what it passes on. `python` is for tests (another
+    interpreter and paho); a Pi uses Debian's."""
+    from dreadpi import cycle, sandbox
+    from dreadpi.reports import mqtt
+
+    if not cfg.mqtt.host:
+        log("mqtt-listen: mqtt.host is empty, so there is nothing to listen to; set [mqtt] first")
+        return EXIT_CONFIG
+    cycle.prepare_dirs(cfg)
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    connection = Connection(cfg, log)
+    argv, stdin = mqtt.invocation(mqtt.job(cfg, os.uname().nodename, "listen"), "listen", python or mqtt.PYTHON)
+    try:
+        while True:
+            who = sandbox.identity(cfg.collector.user, cfg.collector.group)
+            child = sandbox.spawn(argv, stdin, who, cfg.collector.memory_limit)
+            try:
+                _follow(child, cfg, connection, log)
+            finally:
+                code = child.stop()
+            connection.event({"event": "error", "why": f"the listening child ended (exit {code})"})
+            time.sleep(RESTART_PAUSE)
+    except Stop:
+        return EXIT_OK
+
+
+def _follow(child, cfg, connection: Connection, log) -> None:  # noqa: ANN001 (sandbox.Child, Config, callable)
+    """Read the child's events until it exits (or prints something no child of ours would)."""
+    poller = select.poll()
+    poller.register(child.stdout, select.POLLIN)
+    poller.register(child.stderr, select.POLLIN)
+    pending = b""
+    while True:
+        for fd, _ in poller.poll():
+            chunk = os.read(fd, 65536)
+            if fd == child.stderr:
+                if not chunk:
+                    poller.unregister(fd)
+                continue  # paho's or Python's own complaints: not ours to log, may quote anything
+            if not chunk:
+                return
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                _event(line, cfg, connection, log)
+            if len(pending) > MAX_LINE:
+                log("mqtt-listen: the listening child printed an over-long line; restarting it")
+                return
+
+
+def _event(line: bytes, cfg, connection: Connection, log) -> None:  # noqa: ANN001
+    try:
+        event = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        event = None
+    kind = event.get("event") if isinstance(event, dict) else None
+    if kind in ("connected", "error"):
+        connection.event(event)
+    elif kind == "command":
+        log(handle(cfg, event))
+    else:
+        why = str(event.get("why"))[:100] if kind == "refused" else "not an event"
+        if not re.fullmatch(r"[A-Za-z0-9 (),.'?_-]+", why):
+            why = "not a command"  # the child's phrases are fixed; anything else is not repeated
+        line_out = f"warning: mqtt: command refused: {why}"
+        logs.error(cfg.log_dir, clock_now(), line_out)
+        log(line_out)
