@@ -67,16 +67,17 @@ def _iso(epoch: float | None) -> str | None:
     return clock.iso(clock.local(epoch))
 
 
-def control(override: dict | None, now: float) -> str:
+def control(override: dict | None, now: float) -> str | None:
     """The select's state: automatic, or the shortest `normal for N h` that covers what is left of a drm0
-    override; an override the options cannot show (another mode, longer) is shown as the longest."""
+    override; None (Home Assistant shows unknown) for an override no option describes, such as
+    `dreadpi override drm2 --for 1d`, rather than an option that would be wrong."""
     if not override or float(override.get("until") or 0) <= now:
         return CONTROL[0][0]
     left = float(override["until"]) - now
     for option, mode, duration in CONTROL[1:]:
         if mode == override.get("mode") and left <= int(duration[:-1]) * 3600:
             return option
-    return CONTROL[-1][0]
+    return None
 
 
 def state_document(state, now: float, hidden: tuple = ()) -> dict:  # noqa: ANN001 (state.State)
