@@ -101,27 +101,35 @@ def handle(cfg, request: object) -> str:  # noqa: ANN001 (Config)
     return f"mqtt: applied {key} from Home Assistant: {outcome.line}"
 
 
-class Connection:
-    """What the log already says about the broker, so a problem is logged once, and its end once."""
+class Service:
+    """The listener's root side: what the log already says about the broker (a problem is logged once, and its
+    end once), and whether a SIGTERM must wait for a command being applied (a cycle is never cut short)."""
 
-    def __init__(self, cfg, log) -> None:  # noqa: ANN001
+    def __init__(self, cfg, log) -> None:  # noqa: ANN001 (Config, callable)
         self.cfg, self.log = cfg, log
         self.problem: str | None = None
+        self.busy = False
+        self.stopping = False
 
-    def event(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "connected":
+    def stop(self, signum: int, frame: object) -> None:
+        """SIGTERM: stop now, or as soon as the command being applied is."""
+        self.stopping = True
+        if not self.busy:
+            raise Stop
+
+    def connection(self, event: dict) -> None:
+        if event.get("event") == "connected":
             if self.problem is not None:
                 self._say("warning: mqtt: the listener is connected to the broker again")
             else:
                 self.log(f"mqtt: listening on {self.cfg.mqtt.topic_prefix}/command")
             self.problem = None
-        elif kind == "error":
-            why = str(event.get("why"))[:200]
-            if self.problem is None:
-                self._say(f"warning: mqtt: the listener cannot reach mqtt.host {self.cfg.mqtt.host} port "
-                          f"{self.cfg.mqtt.port}: {why}; logged once until it works again")
-            self.problem = why
+            return
+        why = str(event.get("why"))[:200]
+        if self.problem is None:
+            self._say(f"warning: mqtt: the listener cannot reach mqtt.host {self.cfg.mqtt.host} port "
+                      f"{self.cfg.mqtt.port}: {why}; logged once until it works again")
+        self.problem = why
 
     def _say(self, line: str) -> None:
         from dreadpi.reports.notify import redact, secrets
@@ -129,6 +137,53 @@ class Connection:
         line = redact(line, secrets(self.cfg))
         logs.error(self.cfg.log_dir, clock_now(), line)
         self.log(line)
+
+    def follow(self, child) -> None:  # noqa: ANN001 (sandbox.Child)
+        """Read the child's events until it exits (or prints something no child of ours would)."""
+        poller = select.poll()
+        poller.register(child.stdout, select.POLLIN)
+        poller.register(child.stderr, select.POLLIN)
+        pending = b""
+        while True:
+            for fd, _ in poller.poll():
+                chunk = os.read(fd, 65536)
+                if fd == child.stderr:
+                    if not chunk:
+                        poller.unregister(fd)
+                    continue  # paho's or Python's own complaints: not ours to log, may quote anything
+                if not chunk:
+                    return
+                pending += chunk
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    self.event(line)
+                if len(pending) > MAX_LINE:
+                    self.log("mqtt-listen: the listening child printed an over-long line; restarting it")
+                    return
+
+    def event(self, line: bytes) -> None:
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            event = None
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind in ("connected", "error"):
+            self.connection(event)
+        elif kind == "command":
+            self.busy = True
+            try:
+                self.log(handle(self.cfg, event))
+            finally:
+                self.busy = False
+            if self.stopping:
+                raise Stop
+        else:
+            why = str(event.get("why"))[:100] if kind == "refused" else "not an event"
+            if not re.fullmatch(r"[A-Za-z0-9 (),.'?_-]+", why):
+                why = "not a command"  # the child's phrases are fixed; anything else is not repeated
+            line_out = f"warning: mqtt: command refused: {why}"
+            logs.error(self.cfg.log_dir, clock_now(), line_out)
+            self.log(line_out)
 
 
 def serve(cfg, log, python: str | None = None) -> int:  # noqa: ANN001 (Config, callable)
@@ -141,65 +196,18 @@ def serve(cfg, log, python: str | None = None) -> int:  # noqa: ANN001 (Config, 
         log("mqtt-listen: mqtt.host is empty, so there is nothing to listen to; set [mqtt] first")
         return EXIT_CONFIG
     cycle.prepare_dirs(cfg)
-
-    def stop(signum: int, frame: object) -> None:
-        raise Stop
-
-    signal.signal(signal.SIGTERM, stop)
-    connection = Connection(cfg, log)
+    service = Service(cfg, log)
+    signal.signal(signal.SIGTERM, service.stop)
     argv, stdin = mqtt.invocation(mqtt.job(cfg, os.uname().nodename, "listen"), "listen", python or mqtt.PYTHON)
     try:
         while True:
             who = sandbox.identity(cfg.collector.user, cfg.collector.group)
             child = sandbox.spawn(argv, stdin, who, cfg.collector.memory_limit)
             try:
-                _follow(child, cfg, connection, log)
+                service.follow(child)
             finally:
                 code = child.stop()
-            connection.event({"event": "error", "why": f"the listening child ended (exit {code})"})
+            service.connection({"event": "error", "why": f"the listening child ended (exit {code})"})
             time.sleep(RESTART_PAUSE)
     except Stop:
         return EXIT_OK
-
-
-def _follow(child, cfg, connection: Connection, log) -> None:  # noqa: ANN001 (sandbox.Child, Config, callable)
-    """Read the child's events until it exits (or prints something no child of ours would)."""
-    poller = select.poll()
-    poller.register(child.stdout, select.POLLIN)
-    poller.register(child.stderr, select.POLLIN)
-    pending = b""
-    while True:
-        for fd, _ in poller.poll():
-            chunk = os.read(fd, 65536)
-            if fd == child.stderr:
-                if not chunk:
-                    poller.unregister(fd)
-                continue  # paho's or Python's own complaints: not ours to log, may quote anything
-            if not chunk:
-                return
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                _event(line, cfg, connection, log)
-            if len(pending) > MAX_LINE:
-                log("mqtt-listen: the listening child printed an over-long line; restarting it")
-                return
-
-
-def _event(line: bytes, cfg, connection: Connection, log) -> None:  # noqa: ANN001
-    try:
-        event = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        event = None
-    kind = event.get("event") if isinstance(event, dict) else None
-    if kind in ("connected", "error"):
-        connection.event(event)
-    elif kind == "command":
-        log(handle(cfg, event))
-    else:
-        why = str(event.get("why"))[:100] if kind == "refused" else "not an event"
-        if not re.fullmatch(r"[A-Za-z0-9 (),.'?_-]+", why):
-            why = "not a command"  # the child's phrases are fixed; anything else is not repeated
-        line_out = f"warning: mqtt: command refused: {why}"
-        logs.error(cfg.log_dir, clock_now(), line_out)
-        log(line_out)

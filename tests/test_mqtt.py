@@ -391,6 +391,30 @@ def test_home_assistant_sets_and_ends_an_override_and_nobody_else_can(broker, wo
     assert processes_with("run_listen") == []
 
 
+def test_a_listener_refused_by_the_broker_retries_and_says_so_once(broker, world_dir):
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker, password="wrong-password")})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "TZ": "UTC"}
+    refusals = broker.log.read_text().count("disconnected, not authorised")
+    process = subprocess.Popen([sys.executable, "-m", "dreadpi", "mqtt-listen", "-c", str(cfg)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(4.5)  # the child tries again after 1, 2 and 4 s
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0
+    assert broker.log.read_text().count("disconnected, not authorised") - refusals >= 3  # it kept trying
+    log = error_log(world_dir)
+    assert log.count("warning: mqtt: the listener cannot reach mqtt.host 127.0.0.1 port ") == 1, log
+    assert "the broker refused the user name or password" in log and "wrong-password" not in log
+    assert processes_with("run_listen") == []
+
+
 # Both paho APIs: the same child code under the venv's paho 2.x.
 
 @pytest.fixture
@@ -503,6 +527,8 @@ def test_expire_after_is_two_schedule_intervals():
     ({"mode": "drm0", "until": 1e9 + 1800}, "normal for 1 h"),
     ({"mode": "drm0", "until": 1e9 + 3 * 3600}, "normal for 4 h"),
     ({"mode": "drm0", "until": 1e9 - 1}, "automatic"),  # ended
+    ({"mode": "drm0", "until": 1e9 + 5 * 3600}, None),  # longer than any option: unknown, not a wrong option
+    ({"mode": "drm2", "until": 1e9 + 600}, None),
 ])
 def test_the_select_shows_the_override(override, shown):
     assert mqtt.control(override, 1e9) == shown
@@ -570,3 +596,31 @@ def test_the_child_passes_on_only_commands_of_the_right_shape(payload, expected)
     else:
         with pytest.raises(fetch_mqtt.Failed, match=expected):
             fetch_mqtt.command(payload, OPTIONS)
+
+
+def test_a_stop_waits_for_the_command_being_applied(world_dir, monkeypatch):
+    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1"}})))
+    lines: list = []
+    service = mqtt_listen.Service(cfg, lines.append)
+
+    def applying(cfg, event) -> str:  # noqa: ANN001
+        service.stop(signal.SIGTERM, None)  # systemd stops the service meanwhile
+        lines.append("cycle finished")
+        return "applied"
+
+    monkeypatch.setattr(mqtt_listen, "handle", applying)
+    with pytest.raises(mqtt_listen.Stop):
+        service.event(b'{"event": "command", "mode": "clear", "for": null, "at": 1}')
+    assert lines == ["cycle finished", "applied"]
+
+
+def test_what_the_child_says_is_never_repeated_unless_it_is_one_of_its_phrases(world_dir):
+    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1"}})))
+    (world_dir / "log").mkdir()
+    lines: list = []
+    service = mqtt_listen.Service(cfg, lines.append)
+    for line in (b'{"event": "refused", "why": "not JSON"}', b'{"event": "refused", "why": "<img src=x> {\\"a\\"}"}',
+                 b"Traceback (most recent call last):", b"\xff", b'{"event": "command"}'):
+        service.event(line)
+    assert [line.split("refused: ")[1] for line in lines] == ["not JSON", "not a command", "not an event",
+                                                             "not an event", "not a command"]
