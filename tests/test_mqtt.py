@@ -15,9 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from dreadpi import config, mqtt_listen, state
 from dreadpi.errors import ConfigError
 from dreadpi.reports import fetch_mqtt, mqtt
 from tests.conftest import REPO, dreadpi, require_root, write_config
+from tests.mosquitto import Client
 
 HOST = os.uname().nodename
 NODE = mqtt.node_id(HOST)
@@ -62,65 +61,13 @@ def broker(certs):
     mosquitto.install()
     directory = Path(tempfile.mkdtemp(prefix="dreadpi-broker-"))
     directory.chmod(0o755)
-    cert, key = directory / "broker.pem", directory / "broker.key"
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
-                    "-out", str(directory / "broker.csr")], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(directory / "broker.csr"), "-CA", str(certs.ca), "-CAkey",
-                    str(certs.dir / "ca.key"), "-CAcreateserial", "-days", "2", "-extfile",
-                    str(directory / "san.ext"), "-out", str(cert)], check=True, capture_output=True)
-    shutil.copy(certs.ca, directory / "ca.pem")
+    ca, cert, key = mosquitto.certificate(certs, directory, "127.0.0.1", "IP:127.0.0.1,DNS:localhost")
     users = {HA_USER: HA_PASSWORD, PI_USER: PI_PASSWORD, GUEST_USER: GUEST_PASSWORD}
-    server = mosquitto.Broker(directory, users, ACL, directory / "ca.pem", cert, key)
-    server.ca = directory / "ca.pem"
+    server = mosquitto.Broker(directory, users, ACL, ca, cert, key)
+    server.ca = ca
     yield server
     server.close()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-class Client:
-    """A test-side MQTT client (paho 2.x from the venv): Home Assistant, or another user of the broker."""
-
-    def __init__(self, broker, user: str, password: str) -> None:
-        import paho.mqtt.client as paho
-
-        self.messages: list = []
-        self.lock = threading.Lock()
-        self.connected = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-{user}-{uuid.uuid4().hex[:8]}")
-        self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, u, f, rc, p: self.connected.set() if rc == 0 else None
-        self.client.on_message = self._received
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        assert self.connected.wait(5), f"{user} could not connect"
-
-    def _received(self, client, userdata, message) -> None:
-        with self.lock:
-            self.messages.append((message.topic, message.payload.decode(), message.retain))
-
-    def subscribe(self, *topics: str) -> None:
-        for topic in topics:
-            self.client.subscribe(topic, qos=1)
-
-    def publish(self, topic: str, payload: str) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-    def latest(self) -> dict:
-        with self.lock:
-            return {topic: payload for topic, payload, _ in self.messages}
-
-    def wait(self, predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate(self.latest()):
-                return True
-            time.sleep(0.02)
-        return False
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def retained(broker, *topics: str, count: int) -> dict:
