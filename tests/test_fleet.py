@@ -6,12 +6,18 @@ a fleet config update, a refused invalid value, secrets in output, the status ta
 served by Debian's prometheus-node-exporter, which the role installs on sim-pi-3 (bookworm) and sim-pi-4
 (trixie) from a flat archive on each of them (a simulated Pi cannot reach deb.debian.org; the package is
 bookworm's, downloaded by this machine), and what a broken collector does to them and to the status table.
+Last, Home Assistant over MQTT on sim-pi-2 (bookworm: paho 1.6) and sim-pi-4 (trixie: paho 2.x): a real
+mosquitto on the controller's side of their links, with TLS from the test CA, a password per Pi and the
+README's ACL; the role's CA file, config and listener unit; the state and discovery after a cycle; and the
+listener, started as its unit would, applying Home Assistant's override within seconds.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -29,23 +35,44 @@ SUITES = {"sim-pi-4": "trixie"}  # the others are bookworm
 NODE_EXPORTER = ("sim-pi-3", "sim-pi-4")  # with dreadpi_metrics_node_exporter
 ARCHIVE = "/srv/dreadpi-archive"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+MQTT_PIS = ("sim-pi-2", "sim-pi-4")  # with dreadpi_mqtt_host and dreadpi_mqtt_commands
+BROKER = "broker.dreadpi.test"  # each MQTT Pi's /etc/hosts points it at the controller's side of its link
+HA_USER, HA_PASSWORD = "homeassistant", "ha0fleet0S3cret"
+MQTT_PASSWORDS = {name: f"mqtt0{name.replace('-', '0')}0S3cret0pw" for name in MQTT_PIS}
+# The README's ACL: Home Assistant alone writes command topics; each Pi writes its own state, availability
+# and discovery configs, and reads its own commands.
+MQTT_ACL = f"user {HA_USER}\ntopic readwrite homeassistant/#\ntopic read dreadpi/#\ntopic write dreadpi/+/command\n" + \
+    "".join(f"\nuser {name}\ntopic write dreadpi/{name}/state\ntopic write dreadpi/{name}/listener\n"
+            f"topic read dreadpi/{name}/command\ntopic write homeassistant/+/dreadpi_{name}/+/config\n"
+            for name in MQTT_PIS)
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "dreadpi/__init__.py").read_text()).group(1)
 SECRETS = [
     "example0pvoutput0key0a1b2c3d4e5f60718293a4b5c", "example0enphase0api0key0f00dfeed",
     "example0enphase0client0id0cafe", "example0enphase0client0secret0beef", "example0enphase0refresh0token0d00d",
-    "example0envoy0jwt.eyJleGFtcGxlIjoiZW52b3kifQ.ZXhhbXBsZTBzaWduYXR1cmU",
+    "example0envoy0jwt.eyJleGFtcGxlIjoiZW52b3kifQ.ZXhhbXBsZTBzaWduYXR1cmU", *MQTT_PASSWORDS.values(),
 ]
 OUTPUTS: list = []  # every playbook's output, for the secrets check
 
 
 @pytest.fixture(scope="module")
-def fleet():
+def fleet(certs):
     require_root()
+    from tests import mosquitto
     from tests.fleet import debs
 
+    mosquitto.install()
+    broker_dir = Path(tempfile.mkdtemp(prefix="dreadpi-fleet-broker-"))
+    broker_dir.chmod(0o755)
+    ca, cert, key = mosquitto.certificate(certs, broker_dir, BROKER, f"DNS:{BROKER}")
+    tls_port = mosquitto.free_port()
     per_host = {name: {"dreadpi_script_command": f"{COLLECTOR} {watts}"} for name, (watts, _) in READINGS.items()}
     for name in NODE_EXPORTER:
         per_host[name]["dreadpi_metrics_node_exporter"] = True
+    for name in MQTT_PIS:
+        per_host[name].update({
+            "dreadpi_mqtt_host": BROKER, "dreadpi_mqtt_port": str(tls_port), "dreadpi_mqtt_username": name,
+            "dreadpi_mqtt_password": MQTT_PASSWORDS[name],
+            "dreadpi_mqtt_ca_cert": ca.read_text(), "dreadpi_mqtt_commands": True})
     exporter = debs.debian_deb("prometheus-node-exporter")
     with tempfile.TemporaryDirectory(prefix="dreadpi-fleet-archive-") as scratch, Fleet(
             len(READINGS), per_host=per_host, suites=SUITES, host_vars={
@@ -61,7 +88,17 @@ def fleet():
                 # This Pi's only archive, where the role's apt finds the package.
                 pi.ssh(f"echo 'deb [trusted=yes] file:{ARCHIVE} ./' | sudo tee /etc/apt/sources.list >/dev/null "
                        "&& sudo rm -f /etc/apt/sources.list.d/*")
-        yield running
+        mqtt_pis = [pi for pi in running.pis if pi.name in MQTT_PIS]
+        users = {HA_USER: HA_PASSWORD, **MQTT_PASSWORDS}
+        running.broker = mosquitto.Broker(broker_dir, users, MQTT_ACL, ca, cert, key,
+                                          tuple(pi.gateway for pi in mqtt_pis), tls_port)
+        try:
+            for pi in mqtt_pis:
+                pi.ssh(f"echo '{pi.gateway} {BROKER}' | sudo tee -a /etc/hosts >/dev/null")
+            yield running
+        finally:
+            running.broker.close()
+            shutil.rmtree(broker_dir, ignore_errors=True)
 
 
 def play(fleet, playbook: str, *args: str, check: bool = True):
@@ -300,7 +337,8 @@ def test_the_role_deploys_into_a_root_filesystem_through_chroot(root, tmp_path):
     # What the image bake does: no SSH, no running system, the role unchanged.
     from tests.fleet.simpi import chroot_playbook
 
-    first, second = chroot_playbook("site.yml", tmp_path, {"dreadpi_relays_backend": "sim"}, runs=2)
+    first, second = chroot_playbook("site.yml", tmp_path, {"dreadpi_relays_backend": "sim", "dreadpi_mqtt_host":
+                                    "broker.example", "dreadpi_mqtt_commands": True}, runs=2)
     assert first.returncode == 0, first.stdout + first.stderr
     assert second.returncode == 0, second.stdout + second.stderr
     (counts_first,), (counts_second,) = recap(first.stdout).values(), recap(second.stdout).values()
@@ -312,6 +350,77 @@ def test_the_role_deploys_into_a_root_filesystem_through_chroot(root, tmp_path):
     assert (upper / "etc/logrotate.d/dreadpi").exists()
     assert (upper / "usr/local/bin/dreadpi").read_text().startswith("#!/usr/bin/python3 -I")
     assert (upper / f"usr/local/lib/dreadpi/{VERSION}/.unpacked").exists()
+    # As the image bake leaves it: the MQTT listener enabled (its link, as for ssh), to start at the first boot.
+    wants = upper / "etc/systemd/system/multi-user.target.wants/dreadpi-mqtt-listen.service"
+    assert wants.is_symlink() and (upper / "etc/systemd/system/dreadpi-mqtt-listen.service").exists()
     for output in (first.stdout, second.stdout):
         for secret in SECRETS:
             assert secret not in output
+
+
+def home_assistant(fleet, *topics: str, count: int) -> dict:
+    """What Home Assistant finds retained on `topics` ({topic: payload}) when it connects, as the HA user."""
+    from tests.mosquitto import Client
+
+    home = Client(fleet.broker, HA_USER, HA_PASSWORD)
+    try:
+        home.subscribe(*topics)
+        assert home.wait(lambda found: len(found) >= count, 10), home.latest()
+        return home.latest()
+    finally:
+        home.close()
+
+
+@pytest.mark.parametrize("name", MQTT_PIS)
+def test_home_assistant_finds_the_pi_and_its_state_after_a_cycle(fleet, name):
+    pi = next(pi for pi in fleet.pis if pi.name == name)
+    paho = pi.ssh("/usr/bin/python3 -I -c 'import paho.mqtt; print(paho.mqtt.__version__)'").stdout.strip()
+    assert paho.startswith("2." if SUITES.get(name) == "trixie" else "1.6"), paho  # Debian's, both APIs
+    assert pi.ssh("stat -c '%U %a' /etc/dreadpi/mqtt-ca.pem").stdout.strip() == "root 644"
+    config = pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
+    assert "ca_file = /etc/dreadpi/mqtt-ca.pem\ntopic_prefix = \n" in config and f"host = {BROKER}\n" in config
+    pi.ssh("sudo dreadpi run")
+    status = json.loads(pi.ssh("sudo dreadpi status --json").stdout)
+    node = f"dreadpi_{name}"
+    errors = pi.ssh("sudo cat /var/log/dreadpi/error.log", check=False).stdout
+    assert "mqtt" not in errors, errors
+    found = home_assistant(fleet, f"homeassistant/+/{node}/+/config", f"dreadpi/{name}/state", count=8)
+    state = json.loads(found[f"dreadpi/{name}/state"])
+    assert (state["mode"], state["watts"], state["reason"]) == (status["mode"], status["watts"], status["reason"])
+    generation = json.loads(found[f"homeassistant/sensor/{node}/generation/config"])
+    assert generation["device"]["identifiers"] == [node] and generation["unique_id"] == f"{node}_generation"
+    assert generation["expire_after"] == 1800  # two intervals of the role's */15 schedule
+    select = json.loads(found[f"homeassistant/select/{node}/control/config"])
+    assert select["command_topic"] == f"dreadpi/{name}/command"
+    assert not any(password in payload for payload in found.values() for password in MQTT_PASSWORDS.values())
+
+
+@pytest.mark.parametrize("name", MQTT_PIS)
+def test_the_listener_unit_applies_home_assistants_override_within_seconds(fleet, name):
+    from tests.mosquitto import Client
+
+    pi = next(pi for pi in fleet.pis if pi.name == name)
+    assert pi.ssh("test -L /etc/systemd/system/multi-user.target.wants/dreadpi-mqtt-listen.service",
+                  check=False).returncode == 0
+    unit = pi.ssh("cat /etc/systemd/system/dreadpi-mqtt-listen.service").stdout
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    command = f"cd {settings['WorkingDirectory']} && exec {settings['ExecStart']}"
+    # As its unit would start it: as root, in its working directory (the simulated Pi has no systemd).
+    pi.ssh(f"sudo setsid sh -c {shlex.quote(command)} </dev/null >/tmp/mqtt-listen.log 2>&1 &")
+    home = Client(fleet.broker, HA_USER, HA_PASSWORD)
+    try:
+        home.subscribe(f"dreadpi/{name}/listener")
+        assert home.wait(lambda found: found.get(f"dreadpi/{name}/listener") == "online", 20), \
+            pi.ssh("cat /tmp/mqtt-listen.log").stdout
+        for option, expected in (("normal for 1 h", "drm0"), ("automatic", None)):
+            sent = time.monotonic()
+            home.publish(f"dreadpi/{name}/command", json.dumps({"option": option, "at": int(time.time())}))
+            while True:
+                override = json.loads(pi.ssh("sudo dreadpi status --json").stdout)["override"]
+                if (override or {}).get("mode") == expected:
+                    break
+                assert time.monotonic() - sent < 2, (option, override, pi.ssh("cat /tmp/mqtt-listen.log").stdout)
+                time.sleep(0.1)
+    finally:
+        home.close()
+        pi.ssh("sudo pkill -f '[d]readpi mqtt-listen' || true")  # the pattern must not match this command

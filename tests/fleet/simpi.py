@@ -36,7 +36,7 @@ APT_AFTER_DEBOOTSTRAP = ("trixie",)
 MIRROR = os.environ.get("DREADPI_TEST_MIRROR", "http://deb.debian.org/debian")
 # What a Raspberry Pi OS Lite image has that the role relies on, plus what the role installs.
 PACKAGES = ("python3", "python3-apt", "openssh-server", "sudo", "cron", "logrotate", "python3-requests",
-            "ca-certificates", "systemd")
+            "ca-certificates", "systemd", "python3-paho-mqtt")
 ROOTFS_SETUP = 1  # bump when the customisation below changes, to rebuild the cache
 HOST_TOOLS = {"debootstrap": "debootstrap", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
               "ip": "iproute2", "unshare": "util-linux"}
