@@ -93,6 +93,17 @@ POLICY = {
                       "mode on missing, stale or invalid data, or a failed collector; hold keeps the last mode"),
     "active_hours": Field(_active_hours, None, "local HH:MM-HH:MM window in which the policy acts; empty = all day"),
     "outside_mode": Field(_mode, "drm0", "mode held outside active_hours"),
+    "basis": Field(schema.choice("generation", "surplus"), "generation",
+                   "what the thresholds judge: generation (gross solar, the original behaviour) or surplus (export "
+                   "plus the air conditioner's own draw; needs consumption from the source and ac_watts)"),
+    "ac_watts": Field(_optional_number(1), None, "the air conditioner's rated input in W (its nameplate); needed by "
+                                                 "basis = surplus, whose thresholds follow from it"),
+    "ac_draw": Field(schema.choice("allowed", "learned", "none"), "allowed",
+                     "surplus basis: how the AC's unmeasured draw is estimated: allowed = ac_watts x the mode's cap; "
+                     "learned = from the consumption step at mode changes; none = not at all (export only)"),
+    "margin": Field(schema.number(minimum=0, maximum=1), 0.3,
+                    "surplus basis: a mode is allowed when the spare power covers its draw less margin x ac_watts; "
+                    "0 = true surplus only (least import), larger = more comfort"),
 }
 
 RELAYS = {
@@ -404,6 +415,9 @@ def _validate(parser: configparser.ConfigParser, path: str) -> Config:
     _check_mqtt(core["mqtt"], problems)
     patterns = _check_relays(rel, problems)
     _check_policy(pol, patterns, problems)
+    if pol.get("basis") == "surplus" and source in NO_CONSUMPTION:
+        problems.append(f"policy.basis: surplus needs household consumption, and source {source} never gives it: "
+                        f"{NO_CONSUMPTION[source]}")
 
     if problems:
         raise ConfigError(problems, path)
@@ -442,6 +456,18 @@ def _check_relays(rel: dict, problems: list) -> dict:
     return patterns
 
 
+def problems_keys(problems: list) -> set:
+    """The `section.key` names already reported, so one mistake is not reported twice."""
+    return {problem.split(":", 1)[0].split(".", 1)[-1] for problem in problems}
+
+
+# Sources that can never report household consumption: the Enlighten v4 summary (one call within the quota)
+# has none, and another endpoint would double the calls the free plan allows.
+NO_CONSUMPTION = {"enphase": "the Enlighten cloud summary carries no consumption, and asking for it would cost a "
+                             "second API call per reading within the monthly quota; use envoy (consumption CTs), "
+                             "pvoutput (a system uploading consumption) or a script"}
+
+
 def _check_policy(pol: dict, patterns: dict, problems: list) -> None:
     low, high, off = pol.get("threshold_low"), pol.get("threshold_high"), pol.get("threshold_off")
     if low is not None and high is not None and low >= high:
@@ -453,6 +479,9 @@ def _check_policy(pol: dict, patterns: dict, problems: list) -> None:
     for mode in ("drm2", "drm3"):
         if mode not in patterns:
             problems.append(f"relays.{mode}: the policy asserts {mode}; give its relay pattern")
+    if pol.get("basis") == "surplus" and pol.get("ac_watts") is None and "ac_watts" not in problems_keys(problems):
+        problems.append("policy.ac_watts: basis = surplus needs the air conditioner's rated input in W (its "
+                        "nameplate), from which its thresholds follow")
     for key in ("failsafe", "outside_mode"):
         mode = pol.get(key)
         if mode in modes.ALL and mode not in patterns:

@@ -98,7 +98,8 @@ def _locked_cycle(config: Config) -> Outcome:
 
     now = clock.now()
     epoch = now.epoch
-    previous = Previous(saved.mode, saved.since, saved.manual) if saved.mode in patterns else Previous()
+    learned = saved.ac_learned if isinstance(saved.ac_learned, dict) else None
+    previous = Previous(saved.mode, saved.since, saved.manual, learned) if saved.mode in patterns else Previous()
     override = saved.active_override(epoch)
     if override is not None and override.mode not in patterns:
         notes.append(f"override to {override.mode} ignored: relays.{override.mode} is not configured")
@@ -135,6 +136,14 @@ def _locked_cycle(config: Config) -> Outcome:
         _report(config, saved, Outcome(decision, reading, failed, now, notes, collector_seconds), relay_error=str(err))
         raise
 
+    warned = saved.surplus_warned
+    if decision.fallback and not warned:
+        notes.append("policy.basis is surplus but the reading has no consumption: deciding on generation until "
+                     "consumption comes back (is the consumption meter fitted and reporting?)")
+        warned = True
+    elif warned and reading is not None and reading.extra and (
+            "consumption_watts" in reading.extra or "net_watts" in reading.extra):
+        warned = False  # consumption is back: a later loss is worth a line again
     fields = health.after_cycle(saved, decision.failsafe, problem_class, reading.at if reading else None, epoch,
                                 health.switches(readback, pattern), expires_at)
     warning = health.credential_warning(fields, epoch, credential, renew)
@@ -159,6 +168,8 @@ def _locked_cycle(config: Config) -> Outcome:
         mqtt_problem=saved.mqtt_problem,
         mqtt_command_at=saved.mqtt_command_at,
         mqtt_command=saved.mqtt_command,
+        ac_learned=decision.learned if decision.learned is not None else saved.ac_learned,
+        surplus_warned=warned,
         **fields,
     )
     state_store.save(config.state_dir, new)

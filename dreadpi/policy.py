@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from dreadpi import modes
+from dreadpi import modes, surplus
 from dreadpi.clock import Instant
 from dreadpi.reading import Reading
 
@@ -53,10 +53,10 @@ class ActiveHours(namedtuple("ActiveHours", ("start", "end"))):
 class PolicySettings(namedtuple(
     "PolicySettings",
     ("threshold_low", "threshold_high", "threshold_off", "hysteresis", "min_dwell", "max_age", "failsafe",
-     "active_hours", "outside_mode"),
-    defaults=(400.0, 700.0, None, 150.0, 1200.0, 1000.0, "drm0", None, "drm0"),
+     "active_hours", "outside_mode", "basis", "ac_watts", "ac_draw", "margin"),
+    defaults=(400.0, 700.0, None, 150.0, 1200.0, 1000.0, "drm0", None, "drm0", "generation", None, "allowed", 0.3),
 )):
-    """The `[policy]` section. Defaults keep the original dreadpi thresholds."""
+    """The `[policy]` section. Defaults keep the original dreadpi thresholds (basis `generation`)."""
 
     __slots__ = ()
     threshold_low: float
@@ -68,6 +68,10 @@ class PolicySettings(namedtuple(
     failsafe: str  # a mode name, or "hold"
     active_hours: ActiveHours | None
     outside_mode: str
+    basis: str  # "generation" (gross solar against the thresholds) or "surplus" (see dreadpi.surplus)
+    ac_watts: float | None  # the air conditioner's rated input; needed by the surplus basis
+    ac_draw: str  # how the surplus basis estimates the AC's current draw: allowed | learned | none
+    margin: float  # surplus basis: share of ac_watts the spare power may fall short of a mode's draw by
 
 
 class Override(namedtuple("Override", ("mode", "until"))):
@@ -81,27 +85,33 @@ class Override(namedtuple("Override", ("mode", "until"))):
         return now < self.until
 
 
-class Previous(namedtuple("Previous", ("mode", "since", "manual"), defaults=(None, 0.0, False))):
+class Previous(namedtuple("Previous", ("mode", "since", "manual", "learned"), defaults=(None, 0.0, False, None))):
     """What the last cycle decided; `mode` is None when there is no usable state (first run, corrupt file).
 
-    `manual` marks a mode a person chose with an override: leaving it is not held back by the dwell.
+    `manual` marks a mode a person chose with an override: leaving it is not held back by the dwell. `learned`
+    is the surplus basis's memory of the air conditioner (dreadpi.surplus.learn), carried from cycle to cycle.
     """
 
     __slots__ = ()
     mode: str | None
     since: float
     manual: bool
+    learned: dict | None
 
 
-class Decision(namedtuple("Decision", ("mode", "reason", "failsafe", "manual"), defaults=(False, False))):
+class Decision(namedtuple("Decision", ("mode", "reason", "failsafe", "manual", "learned", "fallback"),
+                          defaults=(False, False, None, False))):
     """The chosen mode and the sentence explaining it; `failsafe` marks missing, stale or invalid data, and
-    `manual` a person's override."""
+    `manual` a person's override. With the surplus basis, `learned` is the memory for the next cycle and
+    `fallback` says this reading had no consumption, so generation decided."""
 
     __slots__ = ()
     mode: str
     reason: str
     failsafe: bool
     manual: bool
+    learned: dict | None
+    fallback: bool
 
     @property
     def percent(self) -> int:
@@ -119,24 +129,59 @@ def level(watts: float, settings: PolicySettings, shift: float = 0.0) -> str:
     return "drm0"
 
 
-def _threshold_reason(watts: float, mode: str, settings: PolicySettings) -> str:
+# How the reasons name each threshold: the configured ones, or the surplus basis's, derived from the AC's draw.
+_GENERATION_NAMES = {"threshold_off": "threshold_off", "threshold_low": "threshold_low",
+                     "threshold_high": "threshold_high"}
+_SURPLUS_NAMES = {"threshold_off": "threshold_off", "threshold_low": "drm3's draw - margin",
+                  "threshold_high": "drm0's draw - margin"}
+
+
+def _threshold_reason(watts: float, mode: str, settings: PolicySettings, names: dict = _GENERATION_NAMES) -> str:
     if mode == "drm1":
-        return f"{watts:.0f} W is below threshold_off ({settings.threshold_off:g} W)"
+        return f"{watts:.0f} W is below {names['threshold_off']} ({settings.threshold_off:g} W)"
     if mode == "drm2":
-        return f"{watts:.0f} W is below threshold_low ({settings.threshold_low:g} W)"
+        return f"{watts:.0f} W is below {names['threshold_low']} ({settings.threshold_low:g} W)"
     if mode == "drm3":
-        return f"{watts:.0f} W is below threshold_high ({settings.threshold_high:g} W)"
-    return f"{watts:.0f} W is at or above threshold_high ({settings.threshold_high:g} W)"
+        return f"{watts:.0f} W is below {names['threshold_high']} ({settings.threshold_high:g} W)"
+    return f"{watts:.0f} W is at or above {names['threshold_high']} ({settings.threshold_high:g} W)"
 
 
 _LOWER_BOUND = {"drm2": "threshold_off", "drm3": "threshold_low", "drm0": "threshold_high"}
 
 
-def _cleared_reason(watts: float, mode: str, settings: PolicySettings) -> str:
+def _cleared_reason(watts: float, mode: str, settings: PolicySettings, names: dict = _GENERATION_NAMES) -> str:
     """Why a less restrictive mode was reached: the threshold below it was cleared with the margin."""
     name = _LOWER_BOUND[mode]
     value = getattr(settings, name) + settings.hysteresis
-    return f"{watts:.0f} W cleared {name} + hysteresis ({value:g} W)"
+    return f"{watts:.0f} W cleared {names[name]} + hysteresis ({value:g} W)"
+
+
+_JUDGED: dict = {}  # (settings, rated watts) -> settings with the surplus thresholds: the simulator asks 10^5 times
+
+
+def _basis(reading: Reading, previous: Previous, settings: PolicySettings) -> tuple:
+    """(watts to judge, settings with the thresholds that apply, reason prefix, names, learned, fallback)."""
+    if settings.basis != "surplus":
+        return reading.watts, settings, "", _GENERATION_NAMES, None, False
+    house = surplus.consumption(reading.extra, reading.watts)
+    if house is None:
+        return (reading.watts, settings, "no consumption in this reading, generation basis this cycle: ",
+                _GENERATION_NAMES, previous.learned, True)
+    ac_watts = settings.ac_watts or 0.0
+    learned = surplus.learn(previous.learned, ac_watts, previous.mode, house) if settings.ac_draw == "learned" \
+        else None
+    draw = surplus.ac_draw(settings.ac_draw, ac_watts, previous.mode, learned)
+    export = reading.watts - house
+    spare = export + draw
+    rated = learned["rated"] if learned else ac_watts
+    judged = _JUDGED.get((settings, rated))
+    if judged is None:
+        if len(_JUDGED) > 64:  # a learned estimate moves; keep the cache small
+            _JUDGED.clear()
+        low, high = surplus.bounds(rated, settings.margin)
+        judged = _JUDGED[(settings, rated)] = settings._replace(threshold_low=low, threshold_high=high)
+    prefix = f"spare {spare:.0f} W (export {export:.0f} W + AC ~{draw:.0f} W): "
+    return spare, judged, prefix, _SURPLUS_NAMES, learned, False
 
 
 def _failsafe(settings: PolicySettings, previous: Previous, why: str) -> Decision:
@@ -182,23 +227,26 @@ def decide(
     if -age > FUTURE_TOLERANCE:
         return _failsafe(settings, previous, f"reading is dated {-age:.0f} s in the future")
 
-    target = level(reading.watts, settings)
-    reason = _threshold_reason(reading.watts, target, settings)
+    watts, judged, prefix, names, learned, fallback = _basis(reading, previous, settings)
+    target = level(watts, judged)
+    reason = _threshold_reason(watts, target, judged, names)
     current = previous.mode
     if current is not None and modes.more_restrictive(current, target) and settings.hysteresis > 0:
         # Stepping up to a less restrictive mode: every threshold counts `hysteresis` higher, so a reading
         # hovering at a threshold cannot flap the relays.
-        cleared = level(reading.watts, settings, shift=settings.hysteresis)
+        cleared = level(watts, judged, shift=settings.hysteresis)
         if modes.more_restrictive(current, cleared):
             target = cleared
-            reason = _cleared_reason(reading.watts, cleared, settings)
+            reason = _cleared_reason(watts, cleared, judged, names)
         else:
-            reason = f"{reading.watts:.0f} W has not cleared the threshold by hysteresis ({settings.hysteresis:g} W)"
+            reason = f"{watts:.0f} W has not cleared the threshold by hysteresis ({settings.hysteresis:g} W)"
             target = current
+    reason = prefix + reason
 
     if current is not None and target != current and settings.min_dwell > 0 and not previous.manual:
         held = epoch - previous.since
         if 0 <= held < settings.min_dwell:
             left = settings.min_dwell - held
-            return Decision(current, f"holding {current} for min_dwell ({left:.0f} s left); {reason}")
-    return Decision(target, reason)
+            return Decision(current, f"holding {current} for min_dwell ({left:.0f} s left); {reason}",
+                            learned=learned, fallback=fallback)
+    return Decision(target, reason, learned=learned, fallback=fallback)

@@ -86,6 +86,10 @@ _DEFAULTS = {
     "mqtt_problem": None,  # str | None
     "mqtt_command_at": None,  # float | None
     "mqtt_command": None,  # str | None
+    # The surplus basis (dreadpi.surplus): the learned AC memory, and whether the error log was told that readings
+    # without consumption are being judged on generation (told once, until consumption comes back).
+    "ac_learned": None,  # dict | None
+    "surplus_warned": False,
     "format": FORMAT,
 }
 
@@ -143,7 +147,9 @@ def _valid(raw: dict) -> bool:
         value = raw.get(key)
         if value is not None and not (isinstance(value, list) and all(v in (0, 1) for v in value)):
             return False
-    if not all(isinstance(raw.get(key, False), bool) for key in ("failsafe", "manual")):
+    if raw.get("ac_learned") is not None and not isinstance(raw["ac_learned"], dict):
+        return False
+    if not all(isinstance(raw.get(key, False), bool) for key in ("failsafe", "manual", "surplus_warned")):
         return False
     if not all(isinstance(raw.get(key, ""), str) for key in ("reason", "source", "boot_id")):
         return False

@@ -1,11 +1,14 @@
 """Generation traces for `dreadpi simulate` and `dreadpi plot`: the CSV files people actually have.
 
 Accepted, recognised from the first lines:
-- plain `timestamp,watts` (optional header): ISO 8601 (`2026-01-15T12:00:00+11:00`, `...Z`, or naive = the
-  given zone) or Unix seconds;
+- plain `timestamp,watts[,consumption]` (optional header): ISO 8601 (`2026-01-15T12:00:00+11:00`, `...Z`, or
+  naive = the given zone) or Unix seconds; the optional third column is the household's consumption without
+  the air conditioner (the benchmark year's `greensboro-*-house-5min.csv.gz`);
 - dreadpi's own plot log `iso,watts,mode,percent[,consumption,net]` (empty watts = no reading then);
+  its consumption includes the air conditioner as it ran then (see simulate: it is taken out again);
 - PVOutput's CSV export: a header naming `Date`, `Time` and a power column (`Power`, `Power Generation`,
-  `Instantaneous Power`); dates yyyymmdd, yyyy-mm-dd or dd/mm/yy(yy); times HH:MM or h:mmAM/PM.
+  `Instantaneous Power`), and where the system uploads it a consumption column (`Power Used`, `Consumption`,
+  `Power Consumption`); dates yyyymmdd, yyyy-mm-dd or dd/mm/yy(yy); times HH:MM or h:mmAM/PM.
 Files may be gzip-compressed (`.gz`). Every problem names the file and line.
 """
 
@@ -19,6 +22,7 @@ from dreadpi.errors import DreadpiError
 
 _ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d)(?::(\d\d)(?:\.\d+)?)?(Z|[+-]\d\d:?\d\d)?")
 _POWER_NAMES = ("power", "power generation", "instantaneous power", "power (w)", "generation (w)")
+_USED_NAMES = ("power used", "consumption", "power consumption", "consumption (w)")
 
 
 class TraceError(DreadpiError):
@@ -27,15 +31,19 @@ class TraceError(DreadpiError):
     exit_code = 2
 
 
-class Sample(namedtuple("Sample", ("epoch", "offset", "watts", "mode"), defaults=(None,))):
-    """A generation sample: Unix seconds, the UTC offset there, watts (None = no reading), and the mode a
-    plot log recorded (None in a trace)."""
+class Sample(namedtuple("Sample", ("epoch", "offset", "watts", "mode", "consumption", "net"),
+                        defaults=(None, None, None))):
+    """A generation sample: Unix seconds, the UTC offset there, watts (None = no reading), the mode a plot log
+    recorded (None in a trace), and where the file has them the household's consumption and net flow (W;
+    net < 0 is export)."""
 
     __slots__ = ()
     epoch: float
     offset: int
     watts: float | None
     mode: str | None
+    consumption: float | None
+    net: float | None
 
 
 def _open_text(path: str):  # noqa: ANN202
@@ -74,7 +82,29 @@ class _Zone:
         return calendar.timegm((*fields, 0, 0, 0)) - offset, offset
 
 
+# (date, offset text) -> (epoch of that day's midnight there, offset): a year of 5-minute samples has 365 days
+# but 105,120 timestamps, and parsing each in full was most of the time `simulate` took to read a trace.
+_DAYS: dict = {}
+
+
 def _iso(text: str, zone: _Zone) -> tuple:
+    if len(text) == 25 and text[10] == "T" and text[19] in "+-":  # 2026-01-15T12:00:00+11:00, the common case
+        day = _DAYS.get((text[:10], text[19:]))
+        if day is not None:
+            try:
+                hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+            except ValueError:
+                day = None
+            else:
+                if hour < 24 and minute < 60 and second < 60 and text[13] == text[16] == ":":
+                    return day[0] + hour * 3600 + minute * 60 + second, day[1]
+        if day is None:
+            midnight = _iso_full(text[:11] + "00:00:00" + text[19:], zone)
+            _DAYS[(text[:10], text[19:])] = midnight
+    return _iso_full(text, zone)
+
+
+def _iso_full(text: str, zone: _Zone) -> tuple:
     match = _ISO.fullmatch(text)
     if not match:
         raise ValueError(f"not a timestamp: {text[:40]!r}")
@@ -101,12 +131,17 @@ def _timestamp(text: str, zone: _Zone) -> tuple:
     return _iso(value, zone)
 
 
+_INFINITE = (float("inf"), float("-inf"))
+
+
 def _watts(text: str) -> float | None:
-    value = text.strip()
-    if not value or value.lower() == "nan":
-        return None
-    watts = float(value)
-    if watts != watts or watts in (float("inf"), float("-inf")):
+    try:
+        watts = float(text)  # takes surrounding spaces and NaN itself
+    except ValueError:
+        if not text.strip():
+            return None
+        raise
+    if watts != watts or watts in _INFINITE:
         return None
     return watts
 
@@ -152,7 +187,15 @@ def _plain(path: str, rows: list, zone: _Zone) -> list:
         except ValueError as err:
             raise TraceError(f"{path}:{number}: {err}") from None
         mode = cells[2].strip() if len(cells) >= 4 and cells[2].strip().startswith("drm") else None
-        samples.append(Sample(epoch, offset, watts, mode))
+        try:
+            if mode is not None:  # a plot log: consumption and net come fifth and sixth
+                used = _watts(cells[4]) if len(cells) > 4 else None
+                net = _watts(cells[5]) if len(cells) > 5 else None
+            else:
+                used, net = (_watts(cells[2]) if len(cells) > 2 else None), None
+        except ValueError as err:
+            raise TraceError(f"{path}:{number}: consumption: {err}") from None
+        samples.append(Sample(epoch, offset, watts, mode, used, net))
     return samples
 
 
@@ -165,6 +208,7 @@ def _pvoutput(path: str, rows: list, header: list, zone: _Zone) -> list:
     if power is None:
         raise TraceError(f"{path}: a PVOutput export needs a Power column; found {', '.join(header)}")
     date_at, time_at = header.index("date"), header.index("time")
+    used_at = next((header.index(name) for name in _USED_NAMES if name in header), None)
     samples = []
     for number, line in rows[1:]:
         cells = line.split(",")
@@ -178,9 +222,10 @@ def _pvoutput(path: str, rows: list, header: list, zone: _Zone) -> list:
                 hour = hour % 12 + (12 if match.group(3).lower() == "pm" else 0)
             epoch, offset = zone.epoch((y, mo, d, hour, minute, 0))
             watts = _watts(cells[power])
+            used = _watts(cells[used_at]) if used_at is not None and used_at < len(cells) else None
         except (ValueError, IndexError) as err:
             raise TraceError(f"{path}:{number}: {err}") from None
-        samples.append(Sample(epoch, offset, watts))
+        samples.append(Sample(epoch, offset, watts, None, used))
     return samples
 
 

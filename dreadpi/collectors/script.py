@@ -1,4 +1,7 @@
-"""The `script` collector: any program that prints `WATTS` or `WATTS UNIX_TIMESTAMP`.
+"""The `script` collector: any program that prints `WATTS` or `WATTS UNIX_TIMESTAMP`, optionally followed by
+`consumption=W` and/or `net=W` (the household's consumption, the net flow at the meter, < 0 = export) for the
+surplus basis. Named fields rather than a third positional one, so a script that has consumption but no
+timestamp can say so, and the old forms read exactly as before.
 
 The command line is restricted to a safe alphabet and run without a shell, as in the original dreadpi, so a
 config value can never smuggle in shell syntax that the root-owned cycle would interpret.
@@ -33,8 +36,9 @@ class ScriptCollector:
     name = "script"
     secret_keys = ()
     schema = {
-        "command": Field(parse_command, doc="program and arguments printing WATTS or WATTS UNIX_TIMESTAMP; "
-                                             "characters A-Za-z0-9 space _-./ only, no shell"),
+        "command": Field(parse_command, doc="program and arguments printing WATTS or WATTS UNIX_TIMESTAMP, "
+                                             "optionally then consumption=W and/or net=W; characters A-Za-z0-9 "
+                                             "space _-./ only, no shell"),
     }
 
     def check(self, settings: dict, policy: dict) -> list:
@@ -48,15 +52,42 @@ class ScriptCollector:
             text = stdout.decode("ascii").strip()
         except UnicodeDecodeError:
             raise CollectorError("output is not plain text") from None
-        fields = text.split()
-        if not 1 <= len(fields) <= 2:
+        words = text.split()
+        fields = [word for word in words if "=" not in word]
+        named = [word for word in words if "=" in word]
+        if not 1 <= len(fields) <= 2 or words[:len(fields)] != fields:
             shown = text[:40] + ("..." if len(text) > 40 else "")
-            raise CollectorError(f"expected WATTS or WATTS UNIX_TIMESTAMP, got {shown!r}")
+            raise CollectorError(f"expected WATTS or WATTS UNIX_TIMESTAMP, got {shown!r} (either may be followed "
+                                 "by consumption=W and net=W)")
         try:
             values = [float(field) for field in fields]
         except ValueError:
             raise CollectorError(f"expected numbers, got {' '.join(fields)[:40]!r}") from None
-        return Reading(watts=values[0], at=values[1] if len(values) == 2 else ctx.now, source=self.name)
+        extra = _named(named)
+        return Reading(watts=values[0], at=values[1] if len(values) == 2 else ctx.now, source=self.name,
+                       extra=extra or None)
+
+
+_NAMED = {"consumption": "consumption_watts", "net": "net_watts"}
+
+
+def _named(words: list) -> dict:
+    """`consumption=420 net=-130` -> the reading's extra figures; anything else is an error naming it."""
+    import math
+
+    extra: dict = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        if key not in _NAMED or _NAMED[key] in extra:
+            raise CollectorError(f"unexpected field {word[:30]!r}: only consumption=W and net=W, once each")
+        try:
+            number = float(value)
+        except ValueError:
+            raise CollectorError(f"{key}= expects watts, got {value[:20]!r}") from None
+        if not math.isfinite(number) or (key == "consumption" and number < 0):
+            raise CollectorError(f"{key}= is not a plausible figure ({value[:20]!r})")
+        extra[_NAMED[key]] = number
+    return extra
 
 
 COLLECTOR = ScriptCollector()

@@ -1,0 +1,237 @@
+"""The surplus basis: the policy's rules, its promise not to flap on its own load, the config that guards it,
+the collectors that feed it consumption, and a real cycle that falls back to generation and says so once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dreadpi import config, simulate, surplus, trace
+from dreadpi.clock import Instant
+from dreadpi.collectors import Context
+from dreadpi.collectors.script import COLLECTOR as SCRIPT
+from dreadpi.errors import CollectorError, ConfigError
+from dreadpi.policy import PolicySettings, Previous, decide
+from dreadpi.reading import Reading
+from tests.conftest import dreadpi, write_config
+
+T = 1_768_438_800.0
+NOW = Instant(T, 39600)
+SURPLUS = PolicySettings(basis="surplus", ac_watts=2000.0, margin=0.0, hysteresis=0, min_dwell=0)
+
+
+def house(watts: float, consumption: float | None = None, net: float | None = None) -> Reading:
+    extra = {}
+    if consumption is not None:
+        extra["consumption_watts"] = consumption
+    if net is not None:
+        extra["net_watts"] = net
+    return Reading(watts, T - 60, "test", extra or None)
+
+
+# -- the rule ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("generation", "consumption", "previous", "mode"), [
+    # Idle house (300 W), AC in drm3 drawing 1500 W: spare = 3000 - 1800 + 1500 = 2700 W covers drm0's 2000 W.
+    (3000, 1800, "drm3", "drm0"),
+    # The same sun with a 2 kW pool pump and oven on: spare 3000 - 3800 + 1500 = 700 W: drm2.
+    (3000, 3800, "drm3", "drm2"),
+    # 1700 W spare covers drm3's 1500 W, not drm0's 2000 W.
+    (2500, 2300, "drm3", "drm3"),
+    # Exactly the issue: 600 W of export with the AC held at drm3: 600 + 1500 = 2100 W spare, release it.
+    (2400, 1800, "drm3", "drm0"),
+])
+def test_thresholds_follow_from_the_ac_draw(generation, consumption, previous, mode):
+    decision = decide(house(generation, consumption), Previous(previous, T - 3600), NOW, SURPLUS)
+    assert decision.mode == mode, decision.reason
+    assert decision.reason.startswith("spare ")
+    assert not decision.failsafe and not decision.fallback
+
+
+def test_net_flow_is_enough():
+    by_net = decide(house(3000, net=-1200), Previous("drm3", T - 3600), NOW, SURPLUS)
+    assert by_net.mode == "drm0" and "export 1200 W + AC ~1500 W" in by_net.reason
+
+
+def test_the_margin_trades_import_for_comfort():
+    reading, previous = house(2500, 2600), Previous("drm0", T - 3600)  # spare 1900 W, drm0 draws 2000 W
+    assert decide(reading, previous, NOW, SURPLUS).mode == "drm3"
+    assert decide(reading, previous, NOW, SURPLUS._replace(margin=0.1)).mode == "drm0"
+    assert surplus.bounds(2000.0, 0.3) == pytest.approx((900.0, 1400.0))
+
+
+def test_no_consumption_decides_on_generation_and_says_so_never_the_failsafe():
+    decision = decide(house(800), Previous("drm2", T - 3600), NOW, SURPLUS)
+    assert decision.mode == "drm0" and decision.fallback and not decision.failsafe
+    assert decision.reason.startswith("no consumption in this reading, generation basis this cycle: 800 W")
+
+
+def test_generation_basis_ignores_consumption():
+    plain = PolicySettings(hysteresis=0, min_dwell=0)
+    assert decide(house(800, 5000), Previous(), NOW, plain) == decide(house(800), Previous(), NOW, plain)
+
+
+def test_the_learned_estimate_follows_the_consumption_step():
+    learned = None
+    # An AC of 2600 W configured as 2000 W: drm0 -> drm2 shows a step of 1300 W for half the rated input.
+    learned = surplus.learn(learned, 2000.0, "drm0", 3000.0)
+    learned = surplus.learn(learned, 2000.0, "drm2", 1700.0)
+    assert learned["rated"] == pytest.approx(2000 + 0.3 * (2600 - 2000))
+    # Household noise of the wrong sign teaches nothing.
+    assert surplus.learn(learned, 2000.0, "drm0", 1000.0)["rated"] == learned["rated"]
+
+
+# -- no flapping on its own load -----------------------------------------------------------------------------------
+
+
+def _constant(generation: float, household: float, steps: int = 48) -> list:
+    return [trace.Sample(T + i * 300, 39600, generation, None, household) for i in range(steps)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.floats(100, 12000), st.floats(0, 12000), st.floats(0, 6000), st.sampled_from([0.0, 0.3, 0.6]),
+       st.sampled_from([0.0, 150.0]), st.sampled_from([0.0, 1200.0]))
+def test_a_constant_household_never_flaps_whatever_the_ac(ac_watts, generation, household, margin, hysteresis,
+                                                          dwell):
+    """The AC's own load is in the consumption the policy judges; with the shipped estimate it cancels out, so
+    a constant house and sun settle in one change at most (from the first reading's drm0) and stay."""
+    policy = PolicySettings(basis="surplus", ac_watts=ac_watts, margin=margin, hysteresis=hysteresis,
+                            min_dwell=dwell)
+    run = simulate.simulate(_constant(generation, household), policy, simulate.AirConditioner(ac_watts),
+                            keep_steps=True)
+    assert run.figures["switches"] <= 1, [mode for *_, mode in run.steps]
+
+
+def test_without_an_estimate_the_ac_chases_its_own_load():
+    """Why the estimate exists: export alone (ac_draw = none) releases the AC, sees the export fall, and
+    restricts it again, as often as the dwell allows."""
+    samples = _constant(5000.0, 900.0, steps=96)  # 4100 W left for the AC: enough for drm0 even at 2500 W
+    ac = simulate.AirConditioner(2500.0)
+    base = PolicySettings(basis="surplus", ac_watts=2500.0, margin=0.0, hysteresis=150, min_dwell=1200)
+    assert simulate.simulate(samples, base, ac).figures["switches"] == 0
+    assert simulate.simulate(samples, base._replace(ac_draw="none"), ac).figures["switches"] >= 10
+
+
+# -- configuration -------------------------------------------------------------------------------------------------
+
+
+def _problems(text: str) -> list:
+    with pytest.raises(ConfigError) as caught:
+        config.parse_text(text)
+    return caught.value.problems
+
+
+def test_config_keys_and_defaults():
+    cfg = config.parse_text("[script]\ncommand = /bin/echo 1\n")
+    assert (cfg.policy.basis, cfg.policy.ac_watts, cfg.policy.ac_draw, cfg.policy.margin) == \
+        ("generation", None, "allowed", 0.3)
+    cfg = config.parse_text("[script]\ncommand = /bin/echo 1\n[policy]\nbasis = surplus\nac_watts = 2500\n")
+    assert cfg.policy.basis == "surplus" and cfg.policy.ac_watts == 2500
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[policy]\nbasis = surplus\n", "policy.ac_watts: basis = surplus needs the air conditioner's rated input"),
+    ("[policy]\nbasis = spare\n", "policy.basis: must be one of generation, surplus; got 'spare'"),
+    ("[policy]\nmargin = 1.5\n", "policy.margin: must be at most 1, got 1.5"),
+    ("[policy]\nac_draw = guess\n", "policy.ac_draw: must be one of allowed, learned, none; got 'guess'"),
+    ("[policy]\nac_watts = 0\n", "policy.ac_watts: must be at least 1, got 0"),
+])
+def test_config_mistakes_name_the_key(text, expected):
+    problems = _problems("[script]\ncommand = /bin/echo 1\n" + text)
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_check_config_rejects_surplus_with_a_source_that_never_has_consumption(tmp_path):
+    cfg = tmp_path / "enphase.cfg"
+    cfg.write_text("[collector]\nsource = enphase\n[enphase]\napi_key = " + "a" * 32 + "\nclient_id = " + "b" * 32 +
+                   "\nclient_secret = " + "c" * 32 + "\nsystem_id = 123\n[policy]\nbasis = surplus\nac_watts = 2500\n"
+                   "max_age = 3600\n")
+    done = dreadpi("check-config", str(cfg))
+    assert done.returncode == 2
+    assert "policy.basis: surplus needs household consumption, and source enphase never gives it" in done.stderr
+
+
+# -- collectors ----------------------------------------------------------------------------------------------------
+
+
+def _ctx() -> Context:
+    return Context(settings={}, state_dir="/nonexistent", now=T, max_age=1000, timeout=5, notes=[], secrets=[])
+
+
+@pytest.mark.parametrize(("out", "watts", "at", "extra"), [
+    (b"550\n", 550.0, T, None),
+    (b"550 1768438000\n", 550.0, 1768438000.0, None),
+    (b"550 consumption=420\n", 550.0, T, {"consumption_watts": 420.0}),
+    (b"550 1768438000 consumption=420 net=-130\n", 550.0, 1768438000.0,
+     {"consumption_watts": 420.0, "net_watts": -130.0}),
+    (b"550 net=-130\n", 550.0, T, {"net_watts": -130.0}),
+])
+def test_script_output_forms(out, watts, at, extra):
+    reading = SCRIPT.parse(out, _ctx())
+    assert (reading.watts, reading.at, reading.extra) == (watts, at, extra)
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    (b"550 colour=3\n", "unexpected field 'colour=3'"),
+    (b"550 consumption=lots\n", "consumption= expects watts, got 'lots'"),
+    (b"550 consumption=-5\n", "consumption= is not a plausible figure"),
+    (b"consumption=5 550\n", "expected WATTS or WATTS UNIX_TIMESTAMP"),
+    (b"550 consumption=1 consumption=2\n", "once each"),
+])
+def test_script_output_mistakes(out, message):
+    with pytest.raises(CollectorError) as caught:
+        SCRIPT.parse(out, _ctx())
+    assert message in str(caught.value)
+
+
+def test_pvoutput_export_and_plot_log_carry_consumption(tmp_path: Path):
+    (tmp_path / "pvo.csv").write_text("Date,Time,Energy,Efficiency,Power,Average,Normalised,Energy Used,Power Used\n"
+                                      "20260115,12:00,1000,0.1,2550,500,0.1,900,780\n")
+    (tmp_path / "plot.log").write_text("2026-01-15T12:00:00+11:00,2550,drm0,100,3280,730\n"
+                                       "2026-01-15T12:05:00+11:00,2500,drm3,75,,-200\n")
+    (tmp_path / "house.csv").write_text("timestamp,watts,consumption\n2026-01-15T12:00:00+11:00,2550,780\n")
+    assert trace.load(str(tmp_path / "pvo.csv"), "Australia/Sydney")[0].consumption == 780
+    assert trace.load(str(tmp_path / "house.csv"))[0].consumption == 780
+    logged = trace.load(str(tmp_path / "plot.log"))
+    assert [(s.consumption, s.net, s.mode) for s in logged] == [(3280, 730, "drm0"), (None, -200, "drm3")]
+    # The log's consumption includes the AC as it ran under the logged mode: the simulator takes it out.
+    assert simulate._household(logged[0], 2550.0, 2500.0) == pytest.approx(780)
+    assert simulate._household(logged[1], 2500.0, 2500.0) == pytest.approx(2300 - 1875)
+
+
+# -- a real cycle --------------------------------------------------------------------------------------------------
+
+
+def _state(directory: Path) -> dict:
+    return json.loads((directory / "state" / "state.json").read_text())
+
+
+def test_cycle_on_surplus_falls_back_and_warns_once(world_dir: Path):
+    policy = {"basis": "surplus", "ac_watts": "2000", "margin": "0", "min_dwell": "0", "hysteresis": "0"}
+    metered = world_dir / "metered"
+    metered.write_text("#!/bin/sh\necho 3000 consumption=1300\n")
+    metered.chmod(0o755)
+    with_house = write_config(world_dir, {"script": {"command": str(metered)}, "policy": policy})
+    done = dreadpi("run", "-c", str(with_house))
+    assert done.returncode == 0, done.stderr
+    assert "drm0 (100%): spare 3700 W (export 1700 W + AC ~2000 W)" in done.stdout  # first run: AC at 100 %
+    assert _state(world_dir)["extra"] == {"consumption_watts": 1300.0}
+    without = write_config(world_dir, {"script": {"command": "/bin/echo 600"}, "policy": policy}, name="bare.cfg")
+    for _ in range(3):
+        done = dreadpi("run", "-c", str(without))
+        assert done.returncode == 0, done.stderr
+        assert "no consumption in this reading, generation basis this cycle" in done.stdout
+    log = (world_dir / "log" / "error.log").read_text()
+    assert log.count("policy.basis is surplus but the reading has no consumption") == 1
+    assert dreadpi("run", "-c", str(with_house)).returncode == 0  # consumption is back ...
+    assert dreadpi("run", "-c", str(without)).returncode == 0  # ... and lost again: worth one more line
+    log = (world_dir / "log" / "error.log").read_text()
+    assert log.count("policy.basis is surplus but the reading has no consumption") == 2
+    plot = (world_dir / "log" / "plot.log").read_text().splitlines()
+    assert plot[0].endswith(",3000,drm0,100,1300,") and time.time() > 0
