@@ -235,3 +235,27 @@ def test_cycle_on_surplus_falls_back_and_warns_once(world_dir: Path):
     assert log.count("policy.basis is surplus but the reading has no consumption") == 2
     plot = (world_dir / "log" / "plot.log").read_text().splitlines()
     assert plot[0].endswith(",3000,drm0,100,1300,") and time.time() > 0
+
+
+# -- the role ------------------------------------------------------------------------------------------------------
+
+
+def test_the_role_exposes_the_surplus_keys_with_the_programs_defaults():
+    """Each new policy key flows defaults -> template -> argument spec like the other dreadpi_policy_* ones."""
+    import jinja2
+    import yaml
+
+    role = Path(__file__).resolve().parent.parent / "roles" / "dreadpi"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    template = (role / "templates" / "dreadpi.cfg.j2").read_text()
+    section = "[policy]" + template.split("[policy]", 1)[1].split("\n[", 1)[0]  # the rest needs Ansible's filters
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)  # noqa: S701 (an INI file, not HTML)
+    rendered = "[script]\ncommand = /bin/echo 1\n" + env.from_string(section).render(
+        **dict(defaults, dreadpi_policy_basis="surplus", dreadpi_policy_ac_watts=2500))
+    policy = config.parse_text(rendered).policy
+    assert (policy.basis, policy.ac_watts, policy.ac_draw, policy.margin) == ("surplus", 2500, "allowed", 0.3)
+    shipped = PolicySettings()
+    for key in ("basis", "ac_draw", "margin"):
+        assert defaults[f"dreadpi_policy_{key}"] == getattr(shipped, key) == spec[f"dreadpi_policy_{key}"]["default"]
+    assert defaults["dreadpi_policy_ac_watts"] == "" and "dreadpi_policy_ac_watts" in spec
