@@ -152,6 +152,7 @@ def main() -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     simulation_figures()
+    surplus_figures()
     return 0
 
 
@@ -205,6 +206,47 @@ def simulation_figures() -> None:
         print(f"simulate {size} kW    {best:7.2f} s for {o['steps']} steps, target < {SIM_TARGET:g} s: {verdict}; "
               f"switches/day {o['switches_per_day']:.2f} vs original {p['switches_per_day']:.2f}, "
               f"solar share {o['solar_share'] * 100:.2f} % vs {p['solar_share'] * 100:.2f} %")
+
+
+MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def surplus_figures() -> None:
+    """The surplus basis on the benchmark year with a household (tools/make_load.py), a 2.5 kW AC wanting to run
+    all day: a year's simulation timed with the trace read, the claim against the generation basis, the margin
+    sweep along the frontier, and the floor (the README's tables)."""
+    sys.path.insert(0, str(REPO))
+    from dreadpi import simulate, trace
+    from dreadpi.policy import PolicySettings
+
+    ac = simulate.AirConditioner(2500.0)
+    base = PolicySettings(ac_watts=2500.0)
+    for size in ("5", "8"):
+        path = str(REPO / "data" / "traces" / f"greensboro-{size}kw-house-5min.csv.gz")
+        timings = []
+        for _ in range(3):
+            started = time.process_time()
+            samples = trace.load(path)
+            simulate.simulate(samples, base._replace(basis="surplus"), ac)
+            timings.append(time.process_time() - started)
+        best = min(timings)
+        print(f"simulate {size} kW surplus, trace read included: {best:.2f} CPU-s, target < {SIM_TARGET:g} s: "
+              f"{'ok' if best < SIM_TARGET else 'OVER'}")
+        front = simulate.floor(samples, base, ac)
+        runs = simulate.compare(samples, base, ac)
+        generation = runs[0]
+        print(f"  {'policy':<18} {'daylight AC kWh':>15} {'import/AC kWh':>13} {'floor there':>11} "
+              f"{'cut':>6} {'best cut':>8} {'gap':>6} {'AC energy':>9} {'sw/day':>7}")
+        sweep = simulate.sweep(samples, base._replace(basis="surplus"), ac, "margin", list(MARGINS))
+        for run in [*runs, *sweep]:
+            f = run.figures
+            claim = simulate.claim(generation, run)
+            print(f"  {run.name:<18} {f['daylight_ac_kwh']:>15.0f} {f['daylight_import_per_kwh'] * 100:>12.1f}% "
+                  f"{f['daylight_floor_per_kwh'] * 100:>10.1f}% {claim['cut'] * 100:>5.1f}% "
+                  f"{claim['best_cut'] * 100:>7.1f}% {claim['gap'] * 100:>5.1f} {claim['energy_share'] * 100:>8.1f}% "
+                  f"{f['switches_per_day']:>7.2f}")
+        points = ", ".join(f"{energy:.0f}: {imported / energy * 100:.1f}%" for energy, imported in front.points(7))
+        print(f"  floor (daylight AC kWh: import per AC kWh): {points}")
 
 
 if __name__ == "__main__":
