@@ -286,7 +286,9 @@ def cmd_plot(args: SimpleNamespace) -> int:
         steps = simulate.simulate(samples, settings, ac, step, keep_steps=True).steps
         what = "simulated"
     day, chosen = plot.day_of(steps, args.day)
-    plot.draw(chosen, settings, args.output, f"dreadpi {day} ({what}): generation and air conditioner mode")
+    flow = plot.flows(samples)
+    plot.draw(chosen, settings, args.output, f"dreadpi {day} ({what}): generation and air conditioner mode",
+              flow, household_only=what == "simulated")
     print(f"{args.output}: {day}, {len(chosen)} points")
     return EXIT_OK
 

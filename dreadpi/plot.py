@@ -1,4 +1,5 @@
-"""`dreadpi plot`: one day as a picture: generation with the thresholds above, the mode as a step line below.
+"""`dreadpi plot`: one day as a picture: generation with the thresholds above (and the household's consumption
+and net flow where the log or trace has them), the mode as a step line below.
 
 matplotlib is an optional extra (`pip install dreadpi[plot]`), imported only here; a Pi never needs it.
 """
@@ -45,8 +46,26 @@ def day_of(steps: list, day: str | None) -> tuple:
     return wanted, chosen
 
 
-def draw(steps: list, settings: PolicySettings, output: str, title: str) -> None:
-    """steps: (epoch, utc_offset, watts or None, mode) of one day."""
+def flows(samples: list) -> dict:
+    """epoch -> (consumption, net) for the samples that have either (net from consumption - generation when the
+    source gave only consumption); empty when the file has neither."""
+    found = {}
+    for sample in samples:
+        used, net = sample.consumption, sample.net
+        if used is None and net is None:
+            continue
+        if net is None and sample.watts is not None:
+            net = used - sample.watts
+        if used is None and sample.watts is not None:
+            used = net + sample.watts
+        found[sample.epoch] = (used, net)
+    return found
+
+
+def draw(steps: list, settings: PolicySettings, output: str, title: str, flow: dict | None = None,
+         household_only: bool = False) -> None:
+    """steps: (epoch, utc_offset, watts or None, mode) of one day; `flow`: epoch -> (consumption, net) where
+    known (`household_only`: a trace's household load without the air conditioner, so no net flow is drawn)."""
     plt = _matplotlib()
     hours = [((epoch + offset) % 86400) / 3600.0 for epoch, offset, _, _ in steps]
     watts = [float("nan") if w is None else w for _, _, w, _ in steps]
@@ -61,7 +80,17 @@ def draw(steps: list, settings: PolicySettings, output: str, title: str) -> None
             continue
         top.axhline(value, color=colour, linestyle="--", linewidth=1)
         top.text(0.2, value, f" {name} {value:g} W", color=colour, va="bottom", fontsize=9)
-    top.set_ylabel("solar generation (W)")
+    if flow and any(epoch in flow for epoch, *_ in steps):
+        def series(i: int) -> list:
+            return [float("nan") if flow.get(e, (None, None))[i] is None else flow[e][i] for e, *_ in steps]
+
+        top.plot(hours, series(0), color="#56b4e9", linewidth=1.2,
+                 label="household load (without the AC)" if household_only else "consumption")
+        if not household_only:
+            top.plot(hours, series(1), color="#000000", linewidth=1.0, linestyle=":", label="net (< 0: export)")
+            top.axhline(0, color="#000000", linewidth=0.6)
+        top.legend(loc="upper right", fontsize=9)
+    top.set_ylabel("solar generation (W)" if not flow else "watts")
     top.set_title(title)
     top.grid(alpha=0.3)
     bottom.step(hours, percent, where="post", color="#0072b2", linewidth=1.6)

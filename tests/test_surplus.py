@@ -259,3 +259,17 @@ def test_the_role_exposes_the_surplus_keys_with_the_programs_defaults():
     for key in ("basis", "ac_draw", "margin"):
         assert defaults[f"dreadpi_policy_{key}"] == getattr(shipped, key) == spec[f"dreadpi_policy_{key}"]["default"]
     assert defaults["dreadpi_policy_ac_watts"] == "" and "dreadpi_policy_ac_watts" in spec
+
+
+def test_plot_draws_consumption_and_net_when_the_log_has_them(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    from dreadpi import plot
+
+    log = tmp_path / "plot.log"
+    log.write_text("2026-01-15T10:00:00+11:00,2800,drm0,100,3100,300\n2026-01-15T12:00:00+11:00,4000,drm0,100,,-800\n"
+                   "2026-01-15T14:00:00+11:00,3000,drm3,75\n")
+    samples = trace.load(str(log))
+    assert plot.flows(samples) == {samples[0].epoch: (3100, 300), samples[1].epoch: (3200, -800)}
+    done = dreadpi("plot", str(log), "-o", str(tmp_path / "log.png"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
