@@ -156,7 +156,8 @@ def _cleared_reason(watts: float, mode: str, settings: PolicySettings, names: di
     return f"{watts:.0f} W cleared {names[name]} + hysteresis ({value:g} W)"
 
 
-_JUDGED: dict = {}  # (settings, rated watts) -> settings with the surplus thresholds: the simulator asks 10^5 times
+# The last (settings, rated watts, settings with the surplus thresholds): the simulator asks 10^5 times a year.
+_JUDGED: list = [None, None, None]
 
 
 def _basis(reading: Reading, previous: Previous, settings: PolicySettings) -> tuple:
@@ -174,12 +175,12 @@ def _basis(reading: Reading, previous: Previous, settings: PolicySettings) -> tu
     export = reading.watts - house
     spare = export + draw
     rated = learned["rated"] if learned else ac_watts
-    judged = _JUDGED.get((settings, rated))
-    if judged is None:
-        if len(_JUDGED) > 64:  # a learned estimate moves; keep the cache small
-            _JUDGED.clear()
+    if _JUDGED[0] is settings and _JUDGED[1] == rated:
+        judged = _JUDGED[2]
+    else:
         low, high = surplus.bounds(rated, settings.margin)
-        judged = _JUDGED[(settings, rated)] = settings._replace(threshold_low=low, threshold_high=high)
+        judged = settings._replace(threshold_low=low, threshold_high=high)
+        _JUDGED[:] = [settings, rated, judged]
     prefix = f"spare {spare:.0f} W (export {export:.0f} W + AC ~{draw:.0f} W): "
     return spare, judged, prefix, _SURPLUS_NAMES, learned, False
 
