@@ -273,3 +273,19 @@ def test_plot_draws_consumption_and_net_when_the_log_has_them(tmp_path: Path):
     done = dreadpi("plot", str(log), "-o", str(tmp_path / "log.png"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "log.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_command_shows_both_bases_and_sweeps_them():
+    path = str(Path(__file__).resolve().parent.parent / "data" / "traces" / "greensboro-5kw-house-5min.csv.gz")
+    done = dreadpi("simulate", path, "--ac-watts", "2500", "--json")
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout)["runs"]
+    assert set(runs) == {"generation", "surplus", "original", "no control"}
+    for figures in runs.values():
+        assert {"household_import_kwh", "export_kwh", "daylight_ac_kwh", "daylight_import_kwh",
+                "daylight_floor_kwh"} <= set(figures)
+    swept = dreadpi("simulate", path, "--ac-watts", "2500", "--sweep", "basis=generation,surplus")
+    assert swept.returncode == 0, swept.stderr
+    assert "basis=generation  basis=surplus" in swept.stdout and "floor at that AC energy" in swept.stdout
+    bad = dreadpi("simulate", path, "--sweep", "basis=gross")
+    assert bad.returncode == 64 and "--sweep: basis takes generation, surplus" in bad.stderr
