@@ -238,7 +238,10 @@ def _air_conditioner(args: SimpleNamespace) -> tuple:
         demand = ActiveHours.parse(args.demand) if args.demand else None
     except ValueError as err:
         raise UsageError(f"--demand: {err}") from None
-    ac = simulate.AirConditioner(_number_option(args.ac_watts, "--ac-watts", 2000.0, 1.0), demand)
+    load = _number_option(args.ac_load, "--ac-load", 1.0, 0.01)
+    if load > 1:
+        raise UsageError(f"--ac-load: a share of the rated input, at most 1, got {args.ac_load!r}")
+    ac = simulate.AirConditioner(_number_option(args.ac_watts, "--ac-watts", 2000.0, 1.0), demand, load)
     return ac, _number_option(args.step, "--step", simulate.DEFAULT_STEP, 10.0)
 
 
@@ -264,8 +267,9 @@ def cmd_simulate(args: SimpleNamespace) -> int:
                           "runs": {run.name: run.figures for run in runs}}, indent=2, sort_keys=True))
         return EXIT_OK
     days = runs[0].figures["days"]
+    part = f" at {ac.load * 100:g} % load" if ac.load < 1 else ""
     print(f"{args.trace}: {runs[0].figures['steps']} steps of {step:g} s ({days:g} days); air conditioner "
-          f"{ac.rated_watts:g} W, wanting to run {ac.demand or 'all day'}")
+          f"{ac.rated_watts:g} W{part}, wanting to run {ac.demand or 'all day'}")
     print(simulate.table(runs))
     return EXIT_OK
 
@@ -304,10 +308,12 @@ COMMANDS = {
     "enphase-auth": ({"-c": "config", "--config": "config"}, {}, ()),
     "relay-hold": ({"-c": "config", "--config": "config"}, {}, ()),
     "mqtt-listen": ({"-c": "config", "--config": "config"}, {}, ()),
-    "simulate": ({"-c": "config", "--config": "config", "--ac-watts": "ac_watts", "--sweep": "sweep",
+    "simulate": ({"-c": "config", "--config": "config", "--ac-watts": "ac_watts", "--ac-load": "ac_load",
+                  "--sweep": "sweep",
                   "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {"--json": "json"}, ("trace",)),
     "plot": ({"-c": "config", "--config": "config", "-o": "output", "--output": "output", "--day": "day",
-              "--ac-watts": "ac_watts", "--step": "step", "--timezone": "timezone", "--demand": "demand"}, {},
+              "--ac-watts": "ac_watts", "--ac-load": "ac_load", "--step": "step", "--timezone": "timezone",
+              "--demand": "demand"}, {},
              ("trace",)),
 }
 def cmd_relay_hold(args: SimpleNamespace) -> int:
@@ -331,7 +337,7 @@ def parse_args(argv: list) -> SimpleNamespace:
         raise UsageError(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)}")
     options, flags, positionals = COMMANDS[command]
     values: dict = {"command": command, "config": DEFAULT_CONFIG, "json": False, "duration": None}
-    values.update(dict.fromkeys(("ac_watts", "sweep", "step", "timezone", "demand", "output", "day")))
+    values.update(dict.fromkeys(("ac_watts", "ac_load", "sweep", "step", "timezone", "demand", "output", "day")))
     given: list = []
     words = iter(rest)
     for word in words:
@@ -405,10 +411,13 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
         each.add_argument("-c", "--config", help="take the [policy] from this config (default: shipped defaults)")
         each.add_argument("--ac-watts", help="rated input of the air conditioner in W (default 2000)")
         each.add_argument("--demand", help="HH:MM-HH:MM when the AC wants to run (default all day)")
+        each.add_argument("--ac-load", help="share of its rated input the AC wants when it runs, 0-1 (default 1; "
+                                            "an inverter unit at part load)")
         each.add_argument("--step", help="seconds between cycles (default 300)")
         each.add_argument("--timezone", help="zone of naive timestamps, e.g. Australia/Sydney (default local)")
     sim.add_argument("--json", action="store_true", help="machine-readable figures")
-    sim.add_argument("--sweep", help="NAME=V1,V2,... e.g. hysteresis=0,50,100,200: the trade-off per value")
+    sim.add_argument("--sweep", help="NAME=V1,V2,... e.g. hysteresis=0,50,100,200 or basis=generation,surplus: the "
+                                     "trade-off per value (sweeping margin or ac_draw implies basis=surplus)")
     plot.add_argument("-o", "--output", help="PNG file to write")
     plot.add_argument("--day", help="YYYY-MM-DD (default: the last day in the data)")
     return parser

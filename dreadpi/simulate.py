@@ -223,6 +223,7 @@ def claim(generation: Run, surplus: Run) -> dict:
 
 
 _SWEEP_CHOICES = {"basis": ("generation", "surplus"), "ac_draw": ("allowed", "learned", "none")}
+_SURPLUS_ONLY = ("ac_draw", "margin")
 _SWEEP_NUMBERS = ("threshold_low", "threshold_high", "hysteresis", "min_dwell", "max_age", "ac_watts", "cover")
 
 
@@ -253,6 +254,8 @@ def sweep(samples: list, settings: PolicySettings, ac: AirConditioner, name: str
     runs = []
     for value in values:
         tried = settings._replace(**{name: value})
+        if name in _SURPLUS_ONLY:  # sweeping a setting only the surplus basis reads means that basis
+            tried = tried._replace(basis="surplus")
         if tried.threshold_low >= tried.threshold_high:
             raise ValueError(f"--sweep: {name}={value:g} puts threshold_low at or above threshold_high")
         label = f"{name}={value}" if isinstance(value, str) else f"{name}={value:g}"

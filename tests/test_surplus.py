@@ -289,3 +289,36 @@ def test_simulate_command_shows_both_bases_and_sweeps_them():
     assert "basis=generation  basis=surplus" in swept.stdout and "floor at that AC energy" in swept.stdout
     bad = dreadpi("simulate", path, "--sweep", "basis=gross")
     assert bad.returncode == 64 and "--sweep: basis takes generation, surplus" in bad.stderr
+    bad = dreadpi("simulate", path, "--ac-load", "1.5")
+    assert bad.returncode == 64 and "--ac-load: a share of the rated input, at most 1" in bad.stderr
+
+
+def test_sweeping_a_surplus_setting_means_the_surplus_basis():
+    # 1500 W of sun, 1000 W of house: the generation basis allows drm0 (the part-load AC draws 1500 W); the
+    # surplus basis sees 500 W spare and holds drm2 (1250 W) for the hour.
+    samples = _constant(1500.0, 1000.0, steps=12)
+    ac = simulate.AirConditioner(2500.0, None, 0.6)
+    assert simulate.simulate(samples, PolicySettings(), ac).figures["ac_kwh"] == pytest.approx(1.5)
+    runs = simulate.sweep(samples, PolicySettings(), ac, "margin", [0.0, 0.5])
+    assert [run.name for run in runs] == ["margin=0", "margin=0.5"]
+    assert runs[0].figures["ac_kwh"] == pytest.approx(1.25)
+
+
+def test_pvoutput_consumption_drives_the_surplus_basis(world, world_dir: Path, certs) -> None:  # noqa: ANN001
+    """A PVOutput system uploading consumption: getstatus's sixth field reaches the policy, no extra request."""
+    from tests.apiworld import ApiServer, Reply
+    from tests.test_collectors import PV_KEY, STATUS, _status_line
+
+    line, _ = _status_line("Australia/Sydney", 2, "2450")  # 2450 W of sun, the house using 321 W
+    routes = {STATUS: lambda r: Reply(200, line)}
+    config = write_config(world_dir, {
+        "collector": {"source": "pvoutput", "timeout": "6"},
+        "pvoutput": {"api_key": PV_KEY, "system_id": "1234", "timezone": "Australia/Sydney"},
+        "policy": {"basis": "surplus", "ac_watts": "2500", "min_dwell": "0"}})
+    with ApiServer("pvoutput.org", *certs.pair("pvoutput.org"), routes) as server:
+        run = world.dreadpi("run", "-c", str(config))
+    assert run.returncode == 0, run.stderr
+    assert len(server.calls(STATUS)) == 1
+    # First cycle, nothing asserted: the AC counts at its full 2500 W, so spare = (2450 - 321) + 2500 W, above
+    # drm0's (1 - margin 0.3) x 2500 = 1750 W.
+    assert "drm0 (100%): spare 4629 W (export 2129 W + AC ~2500 W)" in run.stdout
