@@ -182,7 +182,8 @@ def _plain(path: str, rows: list, zone: _Zone) -> list:
         if len(cells) < 2:
             raise TraceError(f"{path}:{number}: expected timestamp,watts, got {line[:60]!r}")
         try:
-            epoch, offset = _timestamp(cells[0], zone)
+            first = cells[0]
+            epoch, offset = _iso(first, zone) if len(first) == 25 else _timestamp(first, zone)
             watts = _watts(cells[1])
         except ValueError as err:
             raise TraceError(f"{path}:{number}: {err}") from None
