@@ -5,6 +5,7 @@ the simulator all run exactly the same logic and it can be checked exhaustively 
 from __future__ import annotations
 
 from collections import namedtuple
+from functools import lru_cache
 
 from dreadpi import modes, surplus
 from dreadpi.clock import Instant
@@ -156,8 +157,12 @@ def _cleared_reason(watts: float, mode: str, settings: PolicySettings, names: di
     return f"{watts:.0f} W cleared {names[name]} + hysteresis ({value:g} W)"
 
 
-# The last (settings, rated watts, settings with the surplus thresholds): the simulator asks 10^5 times a year.
-_JUDGED: list = [None, None, None]
+@lru_cache(maxsize=8)
+def _surplus_settings(settings: PolicySettings, rated: float) -> PolicySettings:
+    """The settings with the surplus basis's thresholds for an AC of `rated` watts; cached, as the simulator asks
+    10^5 times a year with the same few."""
+    low, high = surplus.bounds(rated, settings.margin)
+    return settings._replace(threshold_low=low, threshold_high=high)
 
 
 def _basis(reading: Reading, previous: Previous, settings: PolicySettings) -> tuple:
@@ -175,12 +180,7 @@ def _basis(reading: Reading, previous: Previous, settings: PolicySettings) -> tu
     export = reading.watts - house
     spare = export + draw
     rated = learned["rated"] if learned else ac_watts
-    if _JUDGED[0] is settings and _JUDGED[1] == rated:
-        judged = _JUDGED[2]
-    else:
-        low, high = surplus.bounds(rated, settings.margin)
-        judged = settings._replace(threshold_low=low, threshold_high=high)
-        _JUDGED[:] = [settings, rated, judged]
+    judged = _surplus_settings(settings, rated)
     prefix = f"spare {spare:.0f} W (export {export:.0f} W + AC ~{draw:.0f} W): "
     return spare, judged, prefix, _SURPLUS_NAMES, learned, False
 
