@@ -87,3 +87,21 @@ def dreadpi(*args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedPr
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "TZ": kwargs.pop("tz", "UTC")}
     return subprocess.run([sys.executable, "-m", "dreadpi", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
+
+
+def error_log(directory: Path) -> str:
+    """The error log of a config written by write_config(directory), empty when there is none yet."""
+    path = directory / "log" / "error.log"
+    return path.read_text() if path.exists() else ""
+
+
+def processes_with(marker: str) -> list:
+    """The pids whose command line contains `marker`: a test's proof that nothing it started lives on."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found

@@ -21,12 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
+from tests import debian
 from tests.conftest import require_root
 
-PACKAGES = ("mosquitto", "python3-paho-mqtt")
-UNIT_MASK = Path("/etc/systemd/system/mosquitto.service")
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
-DENY_STARTS = "#!/bin/sh\n# dreadpi tests: no service starts while mosquitto's package installs\nexit 101\n"
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 
@@ -38,26 +35,11 @@ def _missing() -> list:
 
 
 def install() -> None:
-    """apt-get install mosquitto and python3-paho-mqtt (root) without letting the broker start, now or at boot."""
+    """mosquitto and python3-paho-mqtt (root), the broker never started as a service, now or at boot."""
     missing = _missing()
-    if not missing:
-        return
-    require_root()
-    if not UNIT_MASK.exists() and not UNIT_MASK.is_symlink():
-        UNIT_MASK.parent.mkdir(parents=True, exist_ok=True)
-        UNIT_MASK.symlink_to("/dev/null")
-    temporary_policy = not POLICY_RC_D.exists()
-    if temporary_policy:
-        POLICY_RC_D.write_text(DENY_STARTS)
-        POLICY_RC_D.chmod(0o755)
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=True,
-                       capture_output=True, env=env)
-    finally:
-        if temporary_policy:
-            POLICY_RC_D.unlink()
+    if missing:
+        require_root()
+        debian.install(missing, units=("mosquitto.service",))
 
 
 def certificate(certs, directory: Path, name: str, san: str) -> tuple:  # noqa: ANN001 (apiworld.Certificates)

@@ -1,52 +1,22 @@
 """promtool for the tests: Debian's `prometheus` package ships it as /usr/bin/promtool (bookworm has no lighter
-package that provides it). Installing the package must not leave a Prometheus server running or starting at boot on
-the test machine, so its unit is masked first (a mask deb-systemd-helper never lifts, because it did not make it),
-and a temporary policy-rc.d refuses every start while apt runs (that also covers hosts without systemd, where the
-package's init script would start the server). `systemctl unmask prometheus` undoes the mask if you want the server.
+package that provides it). It is installed with no Prometheus server running or starting at boot (tests/debian.py).
 
 `check_metrics(text)` is for tests of the real metrics file: promtool's exposition-format lint, empty when clean."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from tests import debian
 from tests.conftest import require_root
 
 PACKAGE = "prometheus"
-UNIT_MASK = Path("/etc/systemd/system/prometheus.service")
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
-DENY_STARTS = "#!/bin/sh\n# dreadpi tests: no service starts while promtool's package installs\nexit 101\n"
 
 
 class PromtoolError(RuntimeError):
     pass
-
-
-def _run(*argv: str, env: dict | None = None) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise PromtoolError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr or done.stdout}")
-
-
-def install() -> None:
-    """apt-get install Debian's prometheus package (root) without letting its server start, now or at boot."""
-    if not UNIT_MASK.exists() and not UNIT_MASK.is_symlink():
-        UNIT_MASK.parent.mkdir(parents=True, exist_ok=True)
-        UNIT_MASK.symlink_to("/dev/null")
-    temporary_policy = not POLICY_RC_D.exists()
-    if temporary_policy:
-        POLICY_RC_D.write_text(DENY_STARTS)
-        POLICY_RC_D.chmod(0o755)
-    try:
-        _run("apt-get", "update", "-qq")
-        _run("apt-get", "install", "-y", "-qq", "--no-install-recommends", PACKAGE,
-             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    finally:
-        if temporary_policy:
-            POLICY_RC_D.unlink()
 
 
 def promtool() -> str:
@@ -56,7 +26,7 @@ def promtool() -> str:
     if found:
         return found
     require_root()
-    install()
+    debian.install([PACKAGE], units=("prometheus.service",))
     found = shutil.which("promtool")
     if not found:
         raise PromtoolError(f"the {PACKAGE} package was installed but there is no promtool on PATH")

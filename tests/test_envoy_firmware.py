@@ -27,7 +27,7 @@ from tests.apiworld import (
     plain_server,
     status,
 )
-from tests.conftest import dreadpi, write_config
+from tests.conftest import dreadpi, error_log, write_config
 
 TOKEN = "eyJraWQiOiJmdyJ9.eyJlbnBoYXNlVXNlciI6Im93bmVyIn0.ZmlybXdhcmUtdGVzdC1zaWduYXR1cmU"
 # The serial of a published test vector for the installer password rule (see test_the_password_rules_...).
@@ -105,11 +105,6 @@ def state(world_dir: Path) -> dict:
 
 def recorded(world_dir: Path) -> dict:
     return json.loads((world_dir / "state" / "envoy-firmware.json").read_text())
-
-
-def error_log(world_dir: Path) -> str:
-    path = world_dir / "log" / "error.log"
-    return path.read_text() if path.exists() else ""
 
 
 def reason(world: World, config: Path) -> str:

@@ -23,7 +23,7 @@ import pytest
 from dreadpi import config, mqtt_listen, state
 from dreadpi.errors import ConfigError
 from dreadpi.reports import fetch_mqtt, mqtt
-from tests.conftest import REPO, dreadpi, require_root, write_config
+from tests.conftest import REPO, dreadpi, error_log, processes_with, require_root, write_config
 from tests.mosquitto import Client
 
 HOST = os.uname().nodename
@@ -108,22 +108,6 @@ def status(cfg: Path) -> dict:
     done = dreadpi("status", "--json", "-c", str(cfg))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def error_log(directory: Path) -> str:
-    path = directory / "log" / "error.log"
-    return path.read_text() if path.exists() else ""
-
-
-def processes_with(marker: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 def uid_of(pid: int) -> int:

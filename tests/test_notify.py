@@ -26,8 +26,9 @@ from dreadpi.cycle import Outcome
 from dreadpi.errors import ConfigError, DreadpiError
 from dreadpi.policy import Decision
 from dreadpi.reports import notify
+from tests import debian
 from tests.apiworld import ensure_debian_requests
-from tests.conftest import REPO, dreadpi, require_root, write_config
+from tests.conftest import REPO, dreadpi, error_log, processes_with, require_root, write_config
 from tests.test_health import jwt, watts_script
 
 PASSWORD = "pw-S3cretN0tifyPass"  # secret-looking parts of a notify URL: never in a message, log or state
@@ -44,10 +45,7 @@ def apprise():
     check = subprocess.run(["/usr/bin/python3", "-I", "-c", "import apprise; print(apprise.__version__)"],
                            capture_output=True, text=True)
     if check.returncode != 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "apprise"], check=True,
-                       capture_output=True, env=env)
+        debian.install(["apprise"])
         check = subprocess.run(["/usr/bin/python3", "-I", "-c", "import apprise; print(apprise.__version__)"],
                                capture_output=True, text=True, check=True)
     return check.stdout.strip()
@@ -146,22 +144,6 @@ def run(cfg: Path) -> tuple:
 
 def saved(directory: Path) -> dict:
     return json.loads((directory / "state" / "state.json").read_text())
-
-
-def error_log(directory: Path) -> str:
-    path = directory / "log" / "error.log"
-    return path.read_text() if path.exists() else ""
-
-
-def processes_with(marker: str) -> list:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
 
 
 # The real thing: dreadpi run, Apprise in the sandbox, a receiver on loopback.
