@@ -66,29 +66,19 @@ class Frontier:
                 for k in range(count)]
 
 
-def build(samples: list, ac: object, step: float, household: object, lowest: str = "drm2") -> Frontier:
-    """The floor over the steps `simulate` would take. `household(sample, watts, wants)` is simulate's reading of
-    the household's own load; `lowest` is the most restrictive mode the policy may use (drm1 only where wired)."""
+def build(steps: object, ac: object, step: float, household: object, lowest: str = "drm2") -> Frontier:
+    """The floor over the steps `simulate` takes (simulate.walk: epoch, sample, watts the AC wants, each `step`
+    seconds). `household(sample, watts, wants)` is simulate's reading of the household's own load; `lowest` is the
+    most restrictive mode the policy may use (drm1 only where wired)."""
     load = getattr(ac, "load", 1.0)
     caps = [min(load, modes.PERCENT[m] / 100.0) for m in reversed(modes.ORDER[:modes.restriction(lowest) + 1])]
     hours = step / 3600.0 / 1000.0  # W x hours -> kWh
-    start, end = samples[0].epoch, samples[-1].epoch
-    count = int((end - start) // step) + 1
-    demand, rated = ac.demand, ac.rated_watts
-    index, last = 0, len(samples) - 1
     base = base_import = 0.0
     increments: list = []
     add = increments.append
-    for n in range(count):
-        epoch = start + n * step
-        while index < last and samples[index + 1].epoch <= epoch:
-            index += 1
-        sample = samples[index]
+    for _, sample, wants in steps:
         watts = sample.watts
-        if watts is None or watts <= 0:
-            continue
-        wants = rated if demand is None or demand.contains(int((epoch + sample.offset) // 60) % 1440) else 0.0
-        if not wants:
+        if watts is None or watts <= 0 or not wants:
             continue
         house = household(sample, watts, wants) or 0.0
         left = watts - house if watts > house else 0.0

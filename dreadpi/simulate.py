@@ -63,6 +63,22 @@ def _household(sample: Sample, watts: float | None, wants: float) -> float | Non
     return used if used > 0 else 0.0
 
 
+def walk(samples: list, ac: AirConditioner, step: float):  # noqa: ANN201 (a generator)
+    """(epoch, sample, watts the AC wants) every `step` seconds from the first sample to the last: the latest
+    sample at or before each step, as a cycle at that moment would have read it. One walk for the simulation
+    and its floor, so both see exactly the same steps."""
+    start, end = samples[0].epoch, samples[-1].epoch
+    demand, rated = ac.demand, ac.rated_watts
+    index, last = 0, len(samples) - 1
+    for n in range(int((end - start) // step) + 1):
+        epoch = start + n * step
+        while index < last and samples[index + 1].epoch <= epoch:
+            index += 1
+        sample = samples[index]
+        yield epoch, sample, (rated if demand is None or demand.contains(int((epoch + sample.offset) // 60) % 1440)
+                              else 0.0)
+
+
 def simulate(samples: list, settings: PolicySettings | None, ac: AirConditioner, step: float = DEFAULT_STEP,
              name: str = "dreadpi", keep_steps: bool = False) -> Run:
     """`settings` None means no control at all: drm0 throughout (the first baseline).
@@ -74,26 +90,17 @@ def simulate(samples: list, settings: PolicySettings | None, ac: AirConditioner,
         raise ValueError("no samples to simulate")
     if settings is not None and settings.basis == "surplus" and settings.ac_watts is None:
         settings = settings._replace(ac_watts=ac.rated_watts)  # the config did not say: the simulated AC's
-    start, end = samples[0].epoch, samples[-1].epoch
-    count = int((end - start) // step) + 1
-    demand = ac.demand
-    rated = ac.rated_watts
+    count = int((samples[-1].epoch - samples[0].epoch) // step) + 1
     hours = step / 3600.0
 
-    index, last = 0, len(samples) - 1
     mode, since, learned = None, 0.0, None
     switches = failsafes = fallbacks = 0
     in_mode = dict.fromkeys(modes.ORDER, 0)
     ac_wh = solar_wh = house_import_wh = export_wh = day_ac_wh = day_import_wh = 0.0
     has_house = False
     steps: list = []
-    for n in range(count):
-        epoch = start + n * step
-        while index < last and samples[index + 1].epoch <= epoch:
-            index += 1
-        sample = samples[index]
+    for epoch, sample, wants in walk(samples, ac, step):
         watts = sample.watts
-        wants = rated if demand is None or demand.contains(int((epoch + sample.offset) // 60) % 1440) else 0.0
         other = _household(sample, watts, wants)
         if settings is None:
             decided, failsafe = "drm0", False
@@ -191,7 +198,7 @@ def floor(samples: list, settings: PolicySettings | None, ac: AirConditioner, st
     from dreadpi import frontier
 
     lowest = "drm1" if settings is not None and settings.threshold_off is not None else "drm2"
-    return frontier.build(samples, ac, step, _household, lowest)
+    return frontier.build(walk(samples, ac, step), ac, step, _household, lowest)
 
 
 def add_floor(runs: list, front: object) -> None:

@@ -239,18 +239,23 @@ def listener(broker, world_dir):
         assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "online", 10), process.stderr
         yield cfg, home, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process)
         home.close()
 
 
 def override_of(cfg: Path) -> dict | None:
     return status(cfg)["override"]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a listener as systemd would (SIGTERM), and kill its whole group if it does not go within 5 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def command(home: Client, payload: object) -> None:
@@ -393,12 +398,7 @@ def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
         command(home, {"option": "normal for 1 h", "at": int(time.time())})
         assert settles(cfg_path, lambda o: o is not None and o["mode"] == "drm0")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process)
         home.close()
     assert processes_with("run_listen") == []
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dreadpi import frontier, simulate, trace
+from dreadpi import simulate, trace
 from dreadpi.policy import PolicySettings
 from tests.conftest import REPO
 
@@ -99,7 +99,7 @@ def test_the_floor_is_below_every_sequence_and_reached_at_its_ends(steps, rated)
 def test_the_floor_takes_the_cheapest_ac_energy_first():
     # Step 1 has 2 kW spare, step 2 none: the AC's first extra kWh come from step 1, free.
     samples = [trace.Sample(0.0, 0, 2500.0, None, 500.0), trace.Sample(300.0, 0, 100.0, None, 500.0)]
-    front = frontier.build(samples, simulate.AirConditioner(2000.0), 300.0, simulate._household)
+    front = simulate.floor(samples, None, simulate.AirConditioner(2000.0), 300.0)
     h = 300 / 3600 / 1000
     assert front.least == pytest.approx(2 * 1000 * h) and front.at(front.least) == pytest.approx(1000 * h)
     assert front.at(front.least + 1000 * h) == pytest.approx(1000 * h)  # step 1 to drm0: covered by the sun
