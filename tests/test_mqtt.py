@@ -337,12 +337,7 @@ def test_a_listener_refused_by_the_broker_retries_and_says_so_once(broker, world
         time.sleep(4.5)  # the child tries again after 1, 2 and 4 s
         assert process.poll() is None
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process)
     assert process.returncode == 0
     assert broker.log.read_text().count("disconnected, not authorised") - refusals >= 3  # it kept trying
     log = error_log(world_dir)

@@ -194,21 +194,15 @@ def invocation(job: dict, entry: str, python: str = PYTHON) -> tuple:
 def deliver(config, messages: list, python: str = PYTHON) -> str | None:  # noqa: ANN001 (Config)
     """Publish `messages` in the sandbox; None when the broker acknowledged every one, else why not, as a
     sentence naming the broker by its config keys, never the password."""
-    from dreadpi import sandbox
     from dreadpi.errors import DreadpiError
+    from dreadpi.reports import run_sandboxed
     from dreadpi.reports.notify import redact, secrets
 
     host = os.uname().nodename
     try:
         task = {**job(config, host, "publish"), "messages": messages}
         argv, stdin = invocation(task, "publish", python)
-        who = sandbox.identity(config.collector.user, config.collector.group)
-        limits = sandbox.Limits(timeout=config.mqtt.timeout, memory_mb=config.collector.memory_limit)
-        result = sandbox.run(argv, stdin, who, limits)
-        failure = sandbox.describe_exit(result)
-        if failure:
-            raise DreadpiError(f"the publisher {failure}")
-        why = _decode(result.stdout, len(messages))
+        why = _decode(run_sandboxed(config, argv, stdin, config.mqtt.timeout, "the publisher"), len(messages))
     except (DreadpiError, OSError) as err:
         why = str(err)
     if why is None:

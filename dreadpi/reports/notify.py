@@ -168,8 +168,8 @@ def deliver(config, notice: Notice) -> tuple:  # noqa: ANN001 (Config)
     """(delivered to at least one URL, warnings for the error log) after sending `notice`, scrubbed of every
     secret, in the sandbox. Warnings name a URL by its position and scheme, never the URL, and are redacted all
     the same."""
-    from dreadpi import sandbox
     from dreadpi.errors import DreadpiError
+    from dreadpi.reports import run_sandboxed
 
     urls = config.notify.urls
     hidden = secrets(config)
@@ -177,13 +177,7 @@ def deliver(config, notice: Notice) -> tuple:  # noqa: ANN001 (Config)
     headline = notice.title.partition(": ")[2] or notice.title
     try:
         argv, stdin = invocation(notice, urls, config.notify.timeout)
-        who = sandbox.identity(config.collector.user, config.collector.group)
-        limits = sandbox.Limits(timeout=config.notify.timeout, memory_mb=config.collector.memory_limit)
-        result = sandbox.run(argv, stdin, who, limits)
-        failure = sandbox.describe_exit(result)
-        if failure:
-            raise DreadpiError(f"the sender {failure}")
-        sent, failed = _decode(result.stdout, len(urls))
+        sent, failed = _decode(run_sandboxed(config, argv, stdin, config.notify.timeout, "the sender"), len(urls))
     except (DreadpiError, OSError) as err:
         sent, failed = [], [(0, str(err))]
     warnings = []
