@@ -41,6 +41,9 @@ ROOTFS_SETUP = 1  # bump when the customisation below changes, to rebuild the ca
 HOST_TOOLS = {"debootstrap": "debootstrap", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
               "ip": "iproute2", "unshare": "util-linux"}
 PI_UID = 1000
+# cgroup v1's CPU accounting controller: Fleet(cgroups=True) gives each Pi a cgroup here, to measure what a run
+# costs the Pi (its sshd, every session, sudo and module) apart from the controller on the same cores.
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 EXAMPLE_VAULT_PASSWORD = "dreadpi-example"  # the example inventory's vault; its secrets are fake
 
 
@@ -146,6 +149,45 @@ def write_inventory(directory: Path, hosts: dict) -> Path:
     return directory / "hosts.yml"
 
 
+def cpuacct_root() -> Path:
+    """The cpuacct hierarchy, or a HarnessError saying it is missing (cgroup v2 alone has no cpuacct.usage)."""
+    if not (CPUACCT / "cpuacct.usage").is_file():
+        raise HarnessError(f"no cgroup v1 cpuacct controller mounted at {CPUACCT}: per-Pi CPU accounting needs it "
+                           f"(mount -t cgroup -o cpuacct cpuacct {CPUACCT})")
+    return CPUACCT
+
+
+def remove_cgroup(path: Path, timeout: float = 5) -> None:
+    """rmdir a cgroup once it is empty: killed processes leave it a moment after SIGKILL, and rmdir fails (EBUSY)
+    until they have. Whatever is still in it after a second is killed."""
+    started = time.monotonic()
+    killed = False
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if time.monotonic() - started > timeout:
+                raise HarnessError(f"cannot remove cgroup {path}: {err}") from None
+        if not killed and time.monotonic() - started > 1:
+            for pid in (path / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            killed = True
+        time.sleep(0.05)
+
+
+def adhoc_argv(inventory: Path, pattern: str, module: str, *args: str) -> list:
+    """An ad-hoc `ansible` command line with the same inventory and vault password as playbook_argv."""
+    binary = Path(sys.executable).parent / "ansible"
+    return [str(binary), pattern, "-i", str(inventory), "--vault-password-file",
+            str(inventory.parent / "vault-password"), "-m", module, *args]
+
+
 def playbook_argv(inventory: Path, playbook: str, *args: str) -> list:
     binary = Path(sys.executable).parent / "ansible-playbook"
     return [str(binary), "-i", str(inventory), "--vault-password-file", str(inventory.parent / "vault-password"),
@@ -169,6 +211,8 @@ class SimPi:
         self.dir = fleet.workdir / name
         self.upper = self.dir / "upper"
         self.proc: subprocess.Popen | None = None
+        # Its own cpuacct cgroup (Fleet(cgroups=True)): everything that runs on the Pi is accounted there.
+        self.cgroup: Path | None = fleet.cgroup / name if fleet.cgroup is not None else None
 
     def start(self) -> None:
         work, merged = self.dir / "work", self.dir / "merged"
@@ -206,10 +250,14 @@ class SimPi:
             f"exec chroot {merged} /usr/sbin/sshd -D -e -o ListenAddress={self.address} "
             "-o PasswordAuthentication=no -o UseDNS=no -o MaxStartups=100",
         ])
+        argv = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
+                "sh", "-c", boot]
+        if self.cgroup is not None:
+            # The first process joins the cgroup itself, then execs: nothing on the Pi can start outside it.
+            self.cgroup.mkdir()
+            argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs"), *argv]
         log = open(self.dir / "sshd.log", "w")  # noqa: SIM115 (kept open for the life of the process)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
-             "sh", "-c", boot], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self._wait_for_ssh()
 
@@ -241,19 +289,27 @@ class SimPi:
                 f"sudo mkdir -p \"$(dirname {quoted})\" && sudo tee {quoted} >/dev/null && sudo chmod {mode} {quoted}",
                 stdin=data, text=False)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds everything on this Pi has used since it started (its cgroup's cpuacct.usage)."""
+        if self.cgroup is None:
+            raise HarnessError(f"{self.name}: no CPU accounting; start the fleet with Fleet(..., cgroups=True)")
+        return int((self.cgroup / "cpuacct.usage").read_text()) / 1e9
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # unshare, and with it PID 1 of the Pi: everything goes
             self.proc.wait(10)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)  # also removes the veth pair
         subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        if self.cgroup is not None:
+            remove_cgroup(self.cgroup)
 
 
 class Fleet:
     """A context manager bringing up `count` simulated Pis and an inventory for them."""
 
     def __init__(self, count: int, host_vars: dict | None = None, prefix: str = "sim-pi",
-                 per_host: dict | None = None, suites: dict | None = None) -> None:
+                 per_host: dict | None = None, suites: dict | None = None, cgroups: bool = False) -> None:
         self.count = count
         self.host_vars = host_vars or {}  # for every Pi
         self.per_host = per_host or {}  # name -> vars for that Pi
@@ -261,6 +317,8 @@ class Fleet:
         self.prefix = prefix
         self.tag = f"{random.randrange(16 ** 4):04x}"
         self.octet = random.randrange(1, 255)
+        self.cgroups = cgroups  # each Pi in its own cpuacct cgroup under self.cgroup (SimPi.cpu_seconds)
+        self.cgroup: Path | None = None
         self.pis: list = []
         self.workdir = Path(tempfile.mkdtemp(prefix="dreadpi-fleet-"))
         self.key = self.workdir / "id_ed25519"
@@ -270,6 +328,9 @@ class Fleet:
     def __enter__(self) -> Fleet:
         try:
             ensure_host_tools()
+            if self.cgroups:
+                self.cgroup = cpuacct_root() / f"dreadpi-{self.tag}"
+                self.cgroup.mkdir()
             self.rootfs = rootfs()  # the default suite's, also for tools that look inside
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dreadpi-fleet-test", "-f", str(self.key))
             self.public_key = (self.workdir / "id_ed25519.pub").read_text()
@@ -293,9 +354,20 @@ class Fleet:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        failures = []
         for pi in self.pis:
-            pi.stop()
+            try:
+                pi.stop()
+            except HarnessError as err:  # a cgroup left behind: stop the other Pis all the same
+                failures.append(str(err))
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.cgroup is not None:
+            try:
+                remove_cgroup(self.cgroup)
+            except HarnessError as err:
+                failures.append(str(err))
+        if failures:
+            raise HarnessError("; ".join(failures))
 
     def ansible(self, playbook: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """ansible-playbook from this interpreter's environment, with the project's ansible.cfg."""
@@ -304,6 +376,14 @@ class Fleet:
         if check and result.returncode != 0:
             raise HarnessError(f"ansible-playbook {playbook} failed ({result.returncode}):\n{result.stdout}\n"
                                f"{result.stderr}")
+        return result
+
+    def adhoc(self, module: str, *args: str, pattern: str = "all", check: bool = True) -> subprocess.CompletedProcess:
+        """An ad-hoc `ansible PATTERN -m MODULE` with the same inventory, ansible.cfg and environment as ansible()."""
+        result = subprocess.run(adhoc_argv(self.inventory, pattern, module, *args), capture_output=True, text=True,
+                                env=ansible_env(self.workdir), cwd=REPO)
+        if check and result.returncode != 0:
+            raise HarnessError(f"ansible -m {module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
 
