@@ -204,7 +204,7 @@ def table(summary: dict, before: dict, after: dict, runtime: float) -> str:
     for row in summary["rows"]:
         ratio = "unit" if row["name"] == PING else ("" if row["ratio"] is None else f"{row['ratio']:.1f}")
         target = "" if row["target"] is None else f"<= {row['target']:g}"
-        lines.append(f"{row['name']:<26} {row['pis']:>3} {row['tasks']:>8.0f} {row['skipped']:>7.0f} "
+        lines.append(f"{row['name']:<26} {row['pis']:>3} {row['tasks']:>8g} {row['skipped']:>7g} "
                      f"{row['pi_cpu']:>11.2f} {row['controller_cpu']:>10.2f} {row['wall']:>7.1f} {ratio:>8} "
                      f"{target:>7}  {verdict(row['ratio'], row['target'])}")
     ctrl = summary["controller"]
