@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-local test lint bench bench-fleet clean
+.PHONY: demo demo-local test lint bench bench-fleet deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench:
 
 bench-fleet: $(VENV)/.installed
 	$(PY) tools/bench_fleet.py
+
+# dreadpi_<version>_all.deb in build/, reproducibly; needs only python3 (dpkg-deb is used when present).
+deb:
+	$(PYTHON) packaging/build_deb.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
