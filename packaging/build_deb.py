@@ -4,16 +4,19 @@
 It runs wherever a controller runs (Debian, Ubuntu, macOS) and on a Pi itself, so it needs only the standard
 library of Python >= 3.9. With dpkg-deb on PATH (`--builder=auto`) it lays the tree out and lets dpkg-deb pack it;
 without, it writes the same ar archive and tar members itself. Both compress with gzip at level 9 through zlib:
-dpkg-deb's gzip is zlib's, whose output Python's zlib reproduces byte for byte, whereas dpkg-deb's xz may run the
-multi-threaded encoder, whose blocks Python's lzma cannot reproduce. The two builders give the same bytes here.
+dpkg-deb's gzip is a zlib stream, which Python's zlib module reproduces byte for byte, so the two builders give the
+same bytes (tested). xz could not be matched: dpkg-deb's liblzma may use the multi-threaded encoder, whose block
+layout Python's lzma module does not write. Another zlib (macOS's) may compress to other bytes; the build id below
+does not depend on compression.
 
 Reproducible: every mtime is SOURCE_DATE_EPOCH (default a constant), entries are sorted, owned by root:root with
 fixed modes, and no bytecode ships (postinst compiles for the Pi's own Python). The .deb is written atomically, and
 only when its bytes differ, so an unchanged checkout changes nothing.
 
 Prints one JSON line: {"path": ..., "version": ..., "build": ..., "written": true|false}. `build` is the first 16 hex
-digits of a sha256 over the payload; the package installs "<version> <build>" as /usr/lib/dreadpi/BUILD, so a
-deploy can tell a changed checkout from an installed one even when the version did not change.
+digits of a sha256 over the files and the maintainer scripts; the package installs "<version> <build>" as
+/usr/lib/dreadpi/BUILD, so a deploy can tell a changed checkout from an installed one even when the version did not
+change.
 """
 
 from __future__ import annotations
@@ -172,10 +175,14 @@ def payload(source: Path, version: str, epoch: int) -> List[Entry]:
     ]
 
 
-def build_id(files: List[Entry]) -> str:
-    """The first 16 hex digits of a sha256 over the files' sorted paths, modes and contents."""
+def build_id(files: List[Entry], version: str) -> str:
+    """The first 16 hex digits of a sha256 over the sorted paths, modes and contents of the files, and of what
+    installs them (the control fields but Installed-Size, conffiles, maintainer scripts, as DEBIAN/...): a change
+    to any of them is a different build, even with the same version."""
+    hashed = [*files, Entry("DEBIAN/control", 0o644, control_text(version, None).encode()),
+              *(Entry(f"DEBIAN/{e.path}", e.mode, e.data) for e in scripts())]
     digest = hashlib.sha256()
-    for entry in sorted(files):
+    for entry in sorted(hashed):
         assert entry.data is not None
         digest.update(f"{entry.path}\0{entry.mode:o}\0{len(entry.data)}\0".encode())
         digest.update(entry.data)
@@ -198,17 +205,26 @@ def installed_size(tree: List[Entry]) -> int:
     return sum(1 if e.data is None else (len(e.data) + 1023) // 1024 for e in tree if e.path != ".")
 
 
+def control_text(version: str, installed_kib: Optional[int]) -> str:
+    fields = [("Package", PACKAGE), ("Version", version), *CONTROL_FIELDS]
+    if installed_kib is not None:
+        fields.append(("Installed-Size", str(installed_kib)))
+    return "".join(f"{name}: {value}\n" for name, value in fields) + DESCRIPTION
+
+
+def scripts() -> List[Entry]:
+    """The part of DEBIAN/ that is not made from the files: conffiles and the maintainer scripts."""
+    conffiles = "".join(f"/{path}\n" for path in CONFFILES)
+    return [Entry("conffiles", 0o644, conffiles.encode()),
+            *(Entry(name, 0o755, static_file(name)) for name in MAINTAINER_SCRIPTS)]
+
+
 def control_files(version: str, tree: List[Entry]) -> List[Entry]:
     """DEBIAN/: control, conffiles, md5sums (conffiles left out, as dh_md5sums does) and the maintainer scripts."""
-    fields = [("Package", PACKAGE), ("Version", version), *CONTROL_FIELDS,
-              ("Installed-Size", str(installed_size(tree)))]
-    control = "".join(f"{name}: {value}\n" for name, value in fields) + DESCRIPTION
     md5sums = "".join(f"{hashlib.md5(e.data).hexdigest()}  {e.path}\n"  # noqa: S324 (dpkg's own format)
                       for e in tree if e.data is not None and e.path not in CONFFILES)
-    conffiles = "".join(f"/{path}\n" for path in CONFFILES)
-    entries = [Entry("control", 0o644, control.encode()), Entry("md5sums", 0o644, md5sums.encode()),
-               Entry("conffiles", 0o644, conffiles.encode())]
-    entries += [Entry(name, 0o755, static_file(name)) for name in MAINTAINER_SCRIPTS]
+    entries = [Entry("control", 0o644, control_text(version, installed_size(tree)).encode()),
+               Entry("md5sums", 0o644, md5sums.encode()), *scripts()]
     return [Entry(".", 0o755)] + sorted(entries)
 
 
@@ -311,7 +327,7 @@ def build(source: Path, output: Path, builder: str = "auto") -> Dict[str, object
     version = read_version(source)
     epoch = source_epoch()
     files = payload(source, version, epoch)
-    build = build_id(files)
+    build = build_id(files, version)
     files.append(Entry(BUILD_FILE, 0o644, f"{version} {build}\n".encode()))
     tree = data_tree(files)
     control = control_files(version, tree)

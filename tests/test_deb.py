@@ -258,11 +258,12 @@ def test_control(deb: Built) -> None:
         subprocess.run(["sh", "-n"], input=control[script][7], check=True)
 
 
-def test_a_changed_source_file_changes_the_build_id(deb: Built, scratch: Path) -> None:
-    source = copy_source(scratch / "changed-source")
-    policy = source / "dreadpi" / "policy.py"
-    policy.write_text(policy.read_text() + "# a local change\n")
-    changed = build(scratch / "changed", source=source)
+@pytest.mark.parametrize("changed_file", ["dreadpi/policy.py", "packaging/debian/postinst"])
+def test_a_changed_source_file_changes_the_build_id(deb: Built, scratch: Path, changed_file: str) -> None:
+    source = copy_source(scratch / f"changed-{Path(changed_file).name}")
+    path = source / changed_file
+    path.write_text(path.read_text() + "# a local change\n")
+    changed = build(scratch / f"changed-{Path(changed_file).name}-deb", source=source)
     assert changed.info["version"] == deb.info["version"]
     assert changed.info["build"] != deb.info["build"]
     assert data_files(changed.deb)["./usr/lib/dreadpi/BUILD"][7] == \
