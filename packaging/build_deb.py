@@ -49,7 +49,7 @@ DOC_DIR = f"usr/share/doc/{PACKAGE}"
 CONFFILES = ("etc/logrotate.d/dreadpi",)
 # Directories the package owns though it ships nothing in them: the default state and log directories.
 EMPTY_DIRS = ("var/lib/dreadpi", "var/log/dreadpi")
-MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
+MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 # A Debian version that is also a native package's (no hyphen): digits first, then letters, digits and . + ~
 VERSION_PATTERN = re.compile(r"[0-9][A-Za-z0-9.+~]*")
 GZIP_LEVEL = 9

@@ -239,7 +239,8 @@ def test_contents(deb: Built) -> None:
 
 def test_control(deb: Built) -> None:
     control = control_files(deb.deb)
-    assert sorted(control) == [".", "./conffiles", "./control", "./md5sums", "./postinst", "./postrm", "./prerm"]
+    assert sorted(control) == [".", "./conffiles", "./control", "./md5sums", "./postinst", "./postrm", "./preinst",
+                               "./prerm"]
     assert control["./conffiles"][7] == b"/etc/logrotate.d/dreadpi\n"
     fields = control_fields(deb.deb)
     assert fields["Package"] == "dreadpi" and fields["Version"] == repo_version()
@@ -253,7 +254,7 @@ def test_control(deb: Built) -> None:
     assert set(sums) == set(regular) - {"etc/logrotate.d/dreadpi"}  # conffiles are checked by dpkg otherwise
     for path, digest in sums.items():
         assert hashlib.md5(regular[path]).hexdigest() == digest, path  # noqa: S324
-    for script in ("./postinst", "./prerm", "./postrm"):
+    for script in ("./preinst", "./postinst", "./prerm", "./postrm"):
         assert control[script][1] == 0o755
         subprocess.run(["sh", "-n"], input=control[script][7], check=True)
 
@@ -324,8 +325,9 @@ class Chroot:
         ])
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
                "TZ": "UTC"}
+        # stdin is /dev/null: a question from dpkg fails the step instead of waiting for an answer.
         done = subprocess.run(["unshare", "--mount", "--pid", "--net", "--fork", "--kill-child", "sh", "-c", script],
-                              capture_output=True, text=True, env=env, timeout=300)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300)
         if check and done.returncode != 0:
             raise AssertionError(f"{command!r} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
@@ -371,6 +373,7 @@ def assert_installed(pi: Chroot, built: Built) -> None:
     assert pi.installed() == f"ii {version}"
     assert pi.run("cat /usr/lib/dreadpi/BUILD").stdout == f"{version} {built.info['build']}\n"
     assert pi.run(f"{COMMAND} --version").stdout.strip() == f"dreadpi {version}"
+    assert pi.run("dpkg --verify dreadpi").stdout == ""  # every file as its md5sums say
     # Byte-compiled by postinst for this Python only, and nothing left of another version's.
     tags = set(pi.run("find /usr/lib/dreadpi -name '*.pyc' | sed 's/.*\\.\\(cpython-[0-9]*\\)\\.pyc$/\\1/' "
                       "| sort -u").stdout.split())
@@ -385,8 +388,16 @@ SUITES = pytest.mark.parametrize("pi", ["bookworm", "trixie"], indirect=True)
 
 @SUITES
 def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade: Built) -> None:
+    # A Pi the role set up before it used the package has the role's logrotate file where the package's conffile
+    # goes: the package takes it over without asking (dpkg would ask, and fail with no one to answer).
+    role_marker = (REPO / "roles/dreadpi/templates/logrotate.j2").read_text().splitlines()[0]
+    pi.run(f"printf '%s\\n/var/log/dreadpi/error.log {{\\n  daily\\n}}\\n' {shlex.quote(role_marker)} "
+           "> /etc/logrotate.d/dreadpi")
     pi.apt("install", f"{DEBS}/{deb.path.name}")
     assert_installed(pi, deb)
+    packaged = data_files(deb.deb)["./etc/logrotate.d/dreadpi"][7].decode()
+    assert pi.run("cat /etc/logrotate.d/dreadpi").stdout == packaged
+    assert not pi.exists("/etc/logrotate.d/dreadpi.dpkg-new")
     assert pi.run("stat -c '%U %G %a' /etc/dreadpi /var/lib/dreadpi /var/log/dreadpi").stdout.split("\n")[:3] == \
         ["root root 755"] * 3
     write_config(pi)
