@@ -36,6 +36,7 @@ CONFIG = "/etc/dreadpi/dreadpi.cfg"
 EXAMPLE = "/usr/share/doc/dreadpi/examples/dreadpi.cfg"
 COLLECTOR = "/usr/local/sbin/solar-watts"
 DEBS = "/mnt/debs"  # where a chroot sees the built packages (read-only)
+SOURCE = "/mnt/source"  # and a copy of the checkout (read-only)
 # What a Pi that had the role and older tarball installs has; purge removes all of it.
 ROLE_LEFTOVERS = ("/etc/cron.d/dreadpi", "/etc/logrotate.d/dreadpi-local", "/usr/local/bin/dreadpi",
                   "/usr/local/lib/dreadpi/0.0.9/dreadpi/__init__.py", "/usr/local/lib/dreadpi/collectors/sun-curve",
@@ -303,10 +304,11 @@ def test_lintian_reports_no_errors_or_warnings(deb: Built) -> None:
 
 class Chroot:
     """An overlay of a cached rootfs; each run() is a fresh private mount, PID and network namespace (no network),
-    with the built packages read-only at /mnt/debs, so no mount outlives the step, even when it fails."""
+    with the built packages read-only at /mnt/debs and a copy of the checkout at /mnt/source, so no mount outlives
+    the step, even when it fails."""
 
-    def __init__(self, lower: Path, workdir: Path, debs: Path) -> None:
-        self.lower, self.debs = lower, debs
+    def __init__(self, lower: Path, workdir: Path, debs: Path, source: Path) -> None:
+        self.lower, self.debs, self.source = lower, debs, source
         self.upper, self.work, self.merged = workdir / "upper", workdir / "work", workdir / "merged"
         for path in (self.upper, self.work, self.merged):
             path.mkdir(parents=True)
@@ -321,6 +323,8 @@ class Chroot:
             f"mount --rbind /dev {merged}/dev",
             f"mkdir -p {merged}{DEBS}",
             f"mount --bind -o ro {self.debs} {merged}{DEBS}",
+            f"mkdir -p {merged}{SOURCE}",
+            f"mount --bind -o ro {self.source} {merged}{SOURCE}",
             f"exec chroot {merged} /bin/sh -c {shlex.quote('set -e; ' + command)}",
         ])
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8",
@@ -344,15 +348,20 @@ class Chroot:
         return " ".join(done.stdout.split()) if done.returncode == 0 else ""
 
 
+@pytest.fixture(scope="module")
+def source_copy(scratch: Path) -> Path:
+    return copy_source(scratch / "source")
+
+
 @pytest.fixture
-def pi(request: pytest.FixtureRequest, scratch: Path, deb: Built, upgrade: Built) -> Iterator[Chroot]:
+def pi(request: pytest.FixtureRequest, scratch: Path, deb: Built, source_copy: Path) -> Iterator[Chroot]:
     from tests.fleet.simpi import ensure_host_tools, rootfs
 
     require_root()
     ensure_host_tools()
     workdir = Path(tempfile.mkdtemp(prefix=f"chroot-{request.param}-", dir=scratch))
     try:
-        yield Chroot(rootfs(request.param), workdir, deb.path.parent)
+        yield Chroot(rootfs(request.param), workdir, deb.path.parent, source_copy)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -384,6 +393,17 @@ def assert_installed(pi: Chroot, built: Built) -> None:
 
 
 SUITES = pytest.mark.parametrize("pi", ["bookworm", "trixie"], indirect=True)
+
+
+@SUITES
+def test_the_builder_on_a_pi_gives_the_same_bytes(pi: Chroot, deb: Built) -> None:
+    """Pull mode builds on the Pi with Debian's python3 (3.11, 3.13) and its own dpkg-deb (1.21, 1.22): both
+    builders there must give the package built here, byte for byte."""
+    for builder in ("python", "dpkg-deb"):
+        done = pi.run(f"python3 -I {SOURCE}/packaging/build_deb.py --source {SOURCE} --builder={builder} "
+                      f"--output /tmp/{builder}")
+        assert json.loads(done.stdout)["build"] == deb.info["build"]
+        pi.run(f"cmp /tmp/{builder}/{deb.path.name} {DEBS}/{deb.path.name}")
 
 
 @SUITES
