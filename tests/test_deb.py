@@ -337,7 +337,12 @@ class Chroot:
         return done
 
     def exists(self, path: str) -> bool:
-        return self.run(f"test -e {path} || test -L {path}", check=False).returncode == 0
+        return bool(self.existing(path))
+
+    def existing(self, *paths: str) -> List[str]:
+        """Those of `paths` that exist (a dangling symlink too), in one step."""
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return self.run(f'for p in {quoted}; do if [ -e "$p" ] || [ -L "$p" ]; then echo "$p"; fi; done').stdout.split()
 
     def apt(self, *args: str) -> subprocess.CompletedProcess:
         return self.run("apt-get -y -q " + " ".join(shlex.quote(arg) for arg in args))
@@ -373,23 +378,19 @@ def write_config(pi: Chroot, collector_output: str = "550") -> None:
            f"sed -i 's|^command = .*|command = {COLLECTOR}|; s|^backend = .*|backend = sim|' {CONFIG}")
 
 
-def python_tag(pi: Chroot) -> str:
-    return pi.run("python3 -c 'import sys; print(sys.implementation.cache_tag)'").stdout.strip()
-
-
 def assert_installed(pi: Chroot, built: Built) -> None:
     version = built.info["version"]
     assert pi.installed() == f"ii {version}"
-    assert pi.run("cat /usr/lib/dreadpi/BUILD").stdout == f"{version} {built.info['build']}\n"
-    assert pi.run(f"{COMMAND} --version").stdout.strip() == f"dreadpi {version}"
-    assert pi.run("dpkg --verify dreadpi").stdout == ""  # every file as its md5sums say
-    # Byte-compiled by postinst for this Python only, and nothing left of another version's.
-    tags = set(pi.run("find /usr/lib/dreadpi -name '*.pyc' | sed 's/.*\\.\\(cpython-[0-9]*\\)\\.pyc$/\\1/' "
-                      "| sort -u").stdout.split())
-    assert tags == {python_tag(pi)}
-    pycs = pi.run("find /usr/lib/dreadpi -name '*.pyc' | wc -l").stdout.strip()
-    sources = pi.run("find /usr/lib/dreadpi -name '*.py' | wc -l").stdout.strip()
-    assert pycs == sources
+    report = pi.run(f"cat /usr/lib/dreadpi/BUILD; {COMMAND} --version; echo \"[$(dpkg --verify dreadpi)]\"; "
+                    "python3 -c 'import sys; print(sys.implementation.cache_tag)'; "
+                    "find /usr/lib/dreadpi -name '*.pyc'; echo --; find /usr/lib/dreadpi -name '*.py'").stdout
+    build_file, command, verify, tag, files = report.split("\n", 4)
+    pycs, _, sources = (part.split() for part in files.partition("--"))
+    assert build_file == f"{version} {built.info['build']}"
+    assert command == f"dreadpi {version}"
+    assert verify == "[]"  # every file as its md5sums say
+    # Byte-compiled by postinst for this Python only: one .pyc per module, nothing left of another version's.
+    assert sources and len(pycs) == len(sources) and all(path.endswith(f".{tag}.pyc") for path in pycs)
 
 
 SUITES = pytest.mark.parametrize("pi", ["bookworm", "trixie"], indirect=True)
@@ -432,10 +433,9 @@ def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade:
 
     pi.apt("remove", "dreadpi")
     assert pi.installed() == f"rc {deb.info['version']}"
-    for path in ("/usr/bin/dreadpi", "/usr/lib/dreadpi"):
-        assert not pi.exists(path), path
-    for path in (CONFIG, "/var/lib/dreadpi/state.json", "/var/log/dreadpi/plot.log", "/etc/logrotate.d/dreadpi"):
-        assert pi.exists(path), f"remove took {path}"
+    assert pi.existing("/usr/bin/dreadpi", "/usr/lib/dreadpi") == []
+    kept = (CONFIG, "/var/lib/dreadpi/state.json", "/var/log/dreadpi/plot.log", "/etc/logrotate.d/dreadpi")
+    assert pi.existing(*kept) == list(kept), "remove took config, state or logs"
 
     leftovers = " ".join(ROLE_LEFTOVERS)
     pi.run(f"for f in {leftovers}; do mkdir -p $(dirname $f) && echo x > $f; done && mkdir -p "
@@ -443,11 +443,11 @@ def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade:
            f"ln -s /etc/systemd/system/$(basename $w) $w; done && touch /etc/systemd/system/unrelated.service")
     pi.apt("purge", "dreadpi")
     assert pi.installed() == ""
-    for path in (CONFIG, "/etc/dreadpi", "/var/lib/dreadpi", "/var/log/dreadpi", "/etc/logrotate.d/dreadpi",
-                 "/usr/local/lib/dreadpi", *ROLE_LEFTOVERS, *WANTS):
-        assert not pi.exists(path), f"purge left {path}"
-    assert pi.exists("/etc/systemd/system/unrelated.service")
-    assert pi.exists(COLLECTOR)  # the administrator's own script is theirs
+    assert pi.existing(CONFIG, "/etc/dreadpi", "/var/lib/dreadpi", "/var/log/dreadpi", "/etc/logrotate.d/dreadpi",
+                       "/usr/local/lib/dreadpi", *ROLE_LEFTOVERS, *WANTS) == [], "purge left these"
+    # Not the system's other units, nor the administrator's own collector script.
+    assert pi.existing("/etc/systemd/system/unrelated.service", COLLECTOR) == ["/etc/systemd/system/unrelated.service",
+                                                                               COLLECTOR]
 
 
 def readme_section() -> str:
