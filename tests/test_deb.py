@@ -441,6 +441,9 @@ def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade:
     pi.run(f"for f in {leftovers}; do mkdir -p $(dirname $f) && echo x > $f; done && mkdir -p "
            f"/etc/systemd/system/multi-user.target.wants && for w in {' '.join(WANTS)}; do "
            f"ln -s /etc/systemd/system/$(basename $w) $w; done && touch /etc/systemd/system/unrelated.service")
+    # As where systemd runs: the role's units are stopped first (here systemctl cannot reach a systemd, and the
+    # purge must go on regardless).
+    pi.run("mkdir -p /run/systemd/system")
     pi.apt("purge", "dreadpi")
     assert pi.installed() == ""
     assert pi.existing(CONFIG, "/etc/dreadpi", "/var/lib/dreadpi", "/var/log/dreadpi", "/etc/logrotate.d/dreadpi",
