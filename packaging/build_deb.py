@@ -154,6 +154,7 @@ def changelog(version: str, epoch: int) -> bytes:
 
 
 def static_file(name: str) -> bytes:
+    """One of the package's own files in packaging/debian/ (next to this script, whatever --source says)."""
     path = DEBIAN_FILES / name
     try:
         return path.read_bytes()
@@ -206,6 +207,7 @@ def installed_size(tree: List[Entry]) -> int:
 
 
 def control_text(version: str, installed_kib: Optional[int]) -> str:
+    """DEBIAN/control; without Installed-Size for the build id, which must be known before the tree is complete."""
     fields = [("Package", PACKAGE), ("Version", version), *CONTROL_FIELDS]
     if installed_kib is not None:
         fields.append(("Installed-Size", str(installed_kib)))
@@ -221,7 +223,7 @@ def scripts() -> List[Entry]:
 
 def control_files(version: str, tree: List[Entry]) -> List[Entry]:
     """DEBIAN/: control, conffiles, md5sums (conffiles left out, as dh_md5sums does) and the maintainer scripts."""
-    md5sums = "".join(f"{hashlib.md5(e.data).hexdigest()}  {e.path}\n"  # noqa: S324 (dpkg's own format)
+    md5sums = "".join(f"{hashlib.md5(e.data, usedforsecurity=False).hexdigest()}  {e.path}\n"  # dpkg's format
                       for e in tree if e.data is not None and e.path not in CONFFILES)
     entries = [Entry("control", 0o644, control_text(version, installed_size(tree)).encode()),
                Entry("md5sums", 0o644, md5sums.encode()), *scripts()]
@@ -315,6 +317,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 
 def choose_builder(requested: str) -> str:
+    """dpkg-deb where it exists (auto), else the Python writer; an explicit dpkg-deb that is missing is an error."""
     if requested == "auto":
         return "dpkg-deb" if shutil.which("dpkg-deb") else "python"
     if requested == "dpkg-deb" and not shutil.which("dpkg-deb"):
@@ -341,11 +344,13 @@ def build(source: Path, output: Path, builder: str = "auto") -> Dict[str, object
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line: one JSON line on stdout, or one error line on stderr and exit status 1."""
     parser = argparse.ArgumentParser(description="Build dreadpi_<version>_all.deb from a dreadpi checkout.")
     parser.add_argument("--builder", choices=("auto", "python", "dpkg-deb"), default="auto",
                         help="dpkg-deb if on PATH (auto), else the Python writer; both give the same bytes")
     parser.add_argument("--output", type=Path, help="directory for the .deb (default: build/ in the checkout)")
-    parser.add_argument("--source", type=Path, default=HERE.parent, help="the checkout (default: this one)")
+    parser.add_argument("--source", type=Path, default=HERE.parent,
+                        help="the checkout whose dreadpi/ is packaged (default: this one)")
     args = parser.parse_args(argv)
     try:
         result = build(args.source, args.output or args.source / "build", args.builder)
