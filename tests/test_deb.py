@@ -155,6 +155,15 @@ def upgrade(scratch: Path) -> Built:
     return build(scratch / "debs", source=source)
 
 
+@pytest.fixture(scope="module")
+def rebuilt(scratch: Path) -> Built:
+    """The same version from a changed checkout, as a developer's: another build id."""
+    source = copy_source(scratch / "rebuilt-source")
+    policy = source / "dreadpi" / "policy.py"
+    policy.write_text(policy.read_text() + "# a developer's change, the version unchanged\n")
+    return build(scratch / "debs" / "rebuilt", source=source)
+
+
 # --- the builder ---------------------------------------------------------------------------------------------
 
 def test_json_line_and_build_file(deb: Built) -> None:
@@ -408,7 +417,8 @@ def test_the_builder_on_a_pi_gives_the_same_bytes(pi: Chroot, deb: Built) -> Non
 
 
 @SUITES
-def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade: Built) -> None:
+def test_install_upgrade_downgrade_reinstall_remove_purge(pi: Chroot, deb: Built, upgrade: Built,
+                                                          rebuilt: Built) -> None:
     # A Pi the role set up before it used the package has the role's logrotate file where the package's conffile
     # goes: the package takes it over without asking (dpkg would ask, and fail with no one to answer).
     role_marker = (REPO / "roles/dreadpi/templates/logrotate.j2").read_text().splitlines()[0]
@@ -429,6 +439,12 @@ def test_install_upgrade_downgrade_remove_purge(pi: Chroot, deb: Built, upgrade:
     assert_installed(pi, upgrade)
     pi.apt("install", "--allow-downgrades", f"{DEBS}/{deb.path.name}")
     assert_installed(pi, deb)
+    # The same version, another build: apt skips a version that is installed, unless told to reinstall.
+    assert rebuilt.info["version"] == deb.info["version"] and rebuilt.info["build"] != deb.info["build"]
+    pi.apt("install", f"{DEBS}/rebuilt/{rebuilt.path.name}")
+    assert_installed(pi, deb)
+    pi.apt("install", "--reinstall", f"{DEBS}/rebuilt/{rebuilt.path.name}")
+    assert_installed(pi, rebuilt)
     pi.run(f"{COMMAND} run && {COMMAND} status | grep -q drm3")
 
     pi.apt("remove", "dreadpi")
