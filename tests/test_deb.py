@@ -296,6 +296,18 @@ def test_a_version_debian_cannot_order_is_refused(scratch: Path) -> None:
     assert "'1.0-rc1' is not a Debian version" in done.stderr
 
 
+def test_a_missing_dpkg_deb_or_a_bad_source_date_epoch_is_named(scratch: Path) -> None:
+    bare = scratch / "bare-path-2"
+    bare.mkdir()
+    bare.joinpath("python3").symlink_to(PYTHON)
+    done = run_builder("--builder=dpkg-deb", "--output", str(scratch / "none"), env={"PATH": str(bare)})
+    assert done.returncode == 1 and done.stdout == ""
+    assert "no dpkg-deb on PATH" in done.stderr
+    done = run_builder("--output", str(scratch / "none"), env={"SOURCE_DATE_EPOCH": "yesterday"})
+    assert done.returncode == 1 and "SOURCE_DATE_EPOCH must be a number of seconds" in done.stderr
+    assert not (scratch / "none").exists()
+
+
 def test_lintian_reports_no_errors_or_warnings(deb: Built) -> None:
     if not shutil.which("lintian"):
         require_root()
