@@ -46,10 +46,14 @@ MAINTAINER = "dreadpi maintainers <dreadpi@example.org>"
 PROGRAM_DIR = "usr/lib/dreadpi"
 BUILD_FILE = f"{PROGRAM_DIR}/BUILD"
 DOC_DIR = f"usr/share/doc/{PACKAGE}"
-CONFFILES = ("etc/logrotate.d/dreadpi",)
+# None: the only file in /etc a dreadpi needs from its package is the logrotate config, and the Ansible role
+# rewrites it from its variables; as a conffile, dpkg would then ask about it on an upgrade. postinst writes it
+# from LOGROTATE when it is missing, and purge removes it.
+CONFFILES: tuple = ()
+LOGROTATE = "usr/share/dreadpi/logrotate"
 # Directories the package owns though it ships nothing in them: the default state and log directories.
 EMPTY_DIRS = ("var/lib/dreadpi", "var/log/dreadpi")
-MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 # A Debian version that is also a native package's (no hyphen): digits first, then letters, digits and . + ~
 VERSION_PATTERN = re.compile(r"[0-9][A-Za-z0-9.+~]*")
 GZIP_LEVEL = 9
@@ -167,7 +171,7 @@ def payload(source: Path, version: str, epoch: int) -> List[Entry]:
     return [
         Entry("usr/bin/dreadpi", 0o755, static_file("dreadpi")),
         *program_files(source),
-        Entry("etc/logrotate.d/dreadpi", 0o644, static_file("logrotate")),
+        Entry(LOGROTATE, 0o644, static_file("logrotate")),
         Entry(f"{DOC_DIR}/copyright", 0o644, static_file("copyright")),
         Entry(f"{DOC_DIR}/changelog.gz", 0o644, gzip_bytes(changelog(version, epoch))),
         Entry(f"{DOC_DIR}/examples/dreadpi.cfg", 0o644, (source / "dreadpi.cfg.example").read_bytes()),
@@ -217,7 +221,7 @@ def control_text(version: str, installed_kib: Optional[int]) -> str:
 def scripts() -> List[Entry]:
     """The part of DEBIAN/ that is not made from the files: conffiles and the maintainer scripts."""
     conffiles = "".join(f"/{path}\n" for path in CONFFILES)
-    return [Entry("conffiles", 0o644, conffiles.encode()),
+    return [*([Entry("conffiles", 0o644, conffiles.encode())] if conffiles else []),
             *(Entry(name, 0o755, static_file(name)) for name in MAINTAINER_SCRIPTS)]
 
 

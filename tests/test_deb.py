@@ -38,7 +38,7 @@ COLLECTOR = "/usr/local/sbin/solar-watts"
 DEBS = "/mnt/debs"  # where a chroot sees the built packages (read-only)
 SOURCE = "/mnt/source"  # and a copy of the checkout (read-only)
 # What a Pi that had the role and older tarball installs has; purge removes all of it.
-ROLE_LEFTOVERS = ("/etc/cron.d/dreadpi", "/etc/logrotate.d/dreadpi-local", "/usr/local/bin/dreadpi",
+ROLE_LEFTOVERS = ("/etc/cron.d/dreadpi", "/etc/logrotate.d/dreadpi", "/usr/local/bin/dreadpi",
                   "/usr/local/lib/dreadpi/0.0.9/dreadpi/__init__.py", "/usr/local/lib/dreadpi/collectors/sun-curve",
                   "/etc/systemd/system/dreadpi-relay-hold.service", "/etc/systemd/system/dreadpi-mqtt-listen.service",
                   "/etc/dreadpi/mqtt-ca.pem")
@@ -227,12 +227,13 @@ def test_contents(deb: Built) -> None:
                if "__pycache__" not in path.parts}
     assert program == sources
     assert not [name for name in names if "__pycache__" in name or name.endswith((".pyc", ".pyo"))]
-    for name in ("./usr/bin/dreadpi", "./etc/logrotate.d/dreadpi", "./usr/share/doc/dreadpi/copyright",
+    for name in ("./usr/bin/dreadpi", "./usr/share/dreadpi/logrotate", "./usr/share/doc/dreadpi/copyright",
                  "./usr/share/doc/dreadpi/changelog.gz", "./usr/share/man/man1/dreadpi.1.gz", "./var/lib/dreadpi",
                  "./var/log/dreadpi", "./usr/share/doc/dreadpi/examples/dreadpi.cfg"):
         assert name in names, name
     # The role owns these: if the package shipped them, dpkg would ask about them on every upgrade.
-    assert not [name for name in names if name.startswith(("./etc/dreadpi", "./etc/cron.d"))]
+    # The logrotate config too: postinst writes it where it is missing, and the role rewrites it.
+    assert not [name for name in names if name.startswith("./etc/")]
     for name, (kind, mode, uid, gid, uname, gname, _, _) in files.items():
         assert (uid, gid, uname, gname) == (0, 0, "root", "root"), name
         expected = 0o755 if kind == tarfile.DIRTYPE or name == "./usr/bin/dreadpi" else 0o644
@@ -241,7 +242,7 @@ def test_contents(deb: Built) -> None:
     command = files["./usr/bin/dreadpi"][7].decode()
     assert command.startswith("#!/usr/bin/python3 -I\n")
     assert 'sys.path.append("/usr/lib/dreadpi")' in command and "from dreadpi.cli import entry" in command
-    rotate = files["./etc/logrotate.d/dreadpi"][7].decode()
+    rotate = files["./usr/share/dreadpi/logrotate"][7].decode()
     for line in ("weekly", "rotate 12", "missingok", "notifempty", "compress", "delaycompress",
                  "create 0644 root root", "/var/log/dreadpi/error.log /var/log/dreadpi/plot.log {"):
         assert line in rotate, line
@@ -249,9 +250,8 @@ def test_contents(deb: Built) -> None:
 
 def test_control(deb: Built) -> None:
     control = control_files(deb.deb)
-    assert sorted(control) == [".", "./conffiles", "./control", "./md5sums", "./postinst", "./postrm", "./preinst",
-                               "./prerm"]
-    assert control["./conffiles"][7] == b"/etc/logrotate.d/dreadpi\n"
+    # No conffiles: nothing the role rewrites may make dpkg ask on an upgrade.
+    assert sorted(control) == [".", "./control", "./md5sums", "./postinst", "./postrm", "./prerm"]
     fields = control_fields(deb.deb)
     assert fields["Package"] == "dreadpi" and fields["Version"] == repo_version()
     assert fields["Architecture"] == "all"
@@ -261,10 +261,10 @@ def test_control(deb: Built) -> None:
     files = data_files(deb.deb)
     sums = dict(line.split("  ", 1)[::-1] for line in control["./md5sums"][7].decode().splitlines())
     regular = {name[2:]: entry[7] for name, entry in files.items() if entry[7] is not None}
-    assert set(sums) == set(regular) - {"etc/logrotate.d/dreadpi"}  # conffiles are checked by dpkg otherwise
+    assert set(sums) == set(regular)
     for path, digest in sums.items():
         assert hashlib.md5(regular[path]).hexdigest() == digest, path  # noqa: S324
-    for script in ("./preinst", "./postinst", "./prerm", "./postrm"):
+    for script in ("./postinst", "./prerm", "./postrm"):
         assert control[script][1] == 0o755
         subprocess.run(["sh", "-n"], input=control[script][7], check=True)
 
@@ -434,16 +434,15 @@ def test_the_builder_on_a_pi_gives_the_same_bytes(pi: Chroot, deb: Built) -> Non
 @SUITES
 def test_install_upgrade_downgrade_reinstall_remove_purge(pi: Chroot, deb: Built, upgrade: Built,
                                                           rebuilt: Built) -> None:
-    # A Pi the role set up before it used the package has the role's logrotate file where the package's conffile
-    # goes: the package takes it over without asking (dpkg would ask, and fail with no one to answer).
-    role_marker = (REPO / "roles/dreadpi/templates/logrotate.j2").read_text().splitlines()[0]
-    pi.run(f"printf '%s\\n/var/log/dreadpi/error.log {{\\n  daily\\n}}\\n' {shlex.quote(role_marker)} "
-           "> /etc/logrotate.d/dreadpi")
     pi.apt("install", f"{DEBS}/{deb.path.name}")
     assert_installed(pi, deb)
-    packaged = data_files(deb.deb)["./etc/logrotate.d/dreadpi"][7].decode()
+    # Log rotation, written by postinst where none is: not a conffile, so the role may rewrite it.
+    packaged = data_files(deb.deb)["./usr/share/dreadpi/logrotate"][7].decode()
     assert pi.run("cat /etc/logrotate.d/dreadpi").stdout == packaged
-    assert not pi.exists("/etc/logrotate.d/dreadpi.dpkg-new")
+    # As the role rewrites it: an upgrade, a downgrade and a reinstall below leave it and never ask about it.
+    role_marker = (REPO / "roles/dreadpi/templates/logrotate.j2").read_text().splitlines()[0]
+    rewritten = f"{role_marker}\n/var/log/dreadpi/error.log {{\n  daily\n}}\n"
+    pi.run(f"printf '%s' {shlex.quote(rewritten)} > /etc/logrotate.d/dreadpi")
     assert pi.run("stat -c '%U %G %a' /etc/dreadpi /var/lib/dreadpi /var/log/dreadpi").stdout.split("\n")[:3] == \
         ["root root 755"] * 3
     write_config(pi)
@@ -461,6 +460,8 @@ def test_install_upgrade_downgrade_reinstall_remove_purge(pi: Chroot, deb: Built
     pi.apt("install", "--reinstall", f"{DEBS}/rebuilt/{rebuilt.path.name}")
     assert_installed(pi, rebuilt)
     pi.run(f"{COMMAND} run && {COMMAND} status | grep -q drm3")
+    assert pi.run("cat /etc/logrotate.d/dreadpi").stdout == rewritten
+    assert not pi.existing("/etc/logrotate.d/dreadpi.dpkg-new", "/etc/logrotate.d/dreadpi.dpkg-dist")
 
     pi.apt("remove", "dreadpi")
     assert pi.installed() == f"rc {deb.info['version']}"
