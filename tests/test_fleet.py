@@ -131,7 +131,7 @@ def test_what_is_on_the_pi(fleet, name):
     pi = next(pi for pi in fleet.pis if pi.name == name)
     facts = pi.ssh(
         "sudo stat -c '%U %G %a %n' /etc/dreadpi/dreadpi.cfg /etc/cron.d/dreadpi /etc/logrotate.d/dreadpi "
-        f"/var/lib/dreadpi /var/log/dreadpi /usr/local/bin/dreadpi {COLLECTOR} /usr/local/lib/dreadpi"
+        f"/var/lib/dreadpi /var/log/dreadpi /usr/bin/dreadpi {COLLECTOR} /usr/lib/dreadpi"
     ).stdout.split("\n")
     assert "root root 600 /etc/dreadpi/dreadpi.cfg" in facts
     assert "root root 644 /etc/cron.d/dreadpi" in facts
@@ -140,19 +140,23 @@ def test_what_is_on_the_pi(fleet, name):
     assert f"root root 755 {COLLECTOR}" in facts
 
     assert pi.ssh("sudo dreadpi --version").stdout.strip() == f"dreadpi {VERSION}"
-    assert pi.ssh("sudo sh -c 'command -v dreadpi'").stdout.strip() == "/usr/local/bin/dreadpi"
+    assert pi.ssh("sudo sh -c 'command -v dreadpi'").stdout.strip() == "/usr/bin/dreadpi"
+    # From the Debian package, nothing left of the program in /usr/local but the role's collector programs.
+    assert pi.ssh("dpkg-query -W -f='${db:Status-Abbrev} ${Version}' dreadpi").stdout == f"ii  {VERSION}"
+    assert pi.ssh("ls /usr/local/lib/dreadpi").stdout.split() == ["collectors"]
 
     cron = pi.ssh("cat /etc/cron.d/dreadpi").stdout
     assert cron.endswith("\n")
-    assert "*/15 5-21 * * * root /usr/local/bin/dreadpi run >/var/log/dreadpi/lastrun.txt 2>&1" in cron
-    assert "@reboot root sleep 60 && /usr/local/bin/dreadpi run" in cron
+    assert ("*/15 5-21 * * * root [ -x /usr/bin/dreadpi ] && /usr/bin/dreadpi run >/var/log/dreadpi/lastrun.txt 2>&1"
+            in cron)
+    assert "@reboot root [ -x /usr/bin/dreadpi ] && sleep 60 && /usr/bin/dreadpi run" in cron
 
     assert pi.ssh("sudo logrotate -d /etc/logrotate.d/dreadpi", check=False).returncode == 0
 
     account = pi.ssh("getent passwd nobody").stdout.strip().split(":")
     assert account[6] == "/usr/sbin/nologin"
-    owned = pi.ssh("sudo find /etc/dreadpi /var/lib/dreadpi /var/log/dreadpi /usr/local/lib/dreadpi "
-                   "/usr/local/bin/dreadpi -user nobody -o -group nogroup -o -perm -o+w").stdout
+    owned = pi.ssh("sudo find /etc/dreadpi /var/lib/dreadpi /var/log/dreadpi /usr/local/lib/dreadpi /usr/lib/dreadpi "
+                   "/usr/bin/dreadpi -user nobody -o -group nogroup -o -perm -o+w").stdout
     assert owned.strip() == ""
     assert pi.ssh("sudo -u nobody cat /etc/dreadpi/dreadpi.cfg", check=False).returncode != 0
     assert pi.ssh("sudo -u nobody touch /var/lib/dreadpi/x", check=False).returncode != 0
@@ -167,7 +171,9 @@ def test_what_is_on_the_pi(fleet, name):
     # Simulated relays: no relay hold service, and no GPIO package was asked for.
     assert pi.ssh("ls /etc/systemd/system/dreadpi-relay-hold.service "
                   "/etc/systemd/system/multi-user.target.wants/dreadpi-relay-hold.service", check=False).returncode != 0
-    assert pi.ssh("dpkg-query -W python3-rpi.gpio python3-rpi-lgpio", check=False).stdout == ""
+    # (dpkg knows their names from the package's Suggests, as "un": not installed.)
+    states = pi.ssh("dpkg-query -W -f='${db:Status-Abbrev}\\n' python3-rpi.gpio python3-rpi-lgpio", check=False).stdout
+    assert all(state[1] in "nc" for state in states.split()), states
 
 
 @pytest.mark.parametrize("name", sorted(READINGS))
@@ -348,8 +354,9 @@ def test_the_role_deploys_into_a_root_filesystem_through_chroot(root, tmp_path):
     assert (config.st_uid, config.st_gid, config.st_mode & 0o777) == (0, 0, 0o600)
     assert (upper / "etc/cron.d/dreadpi").stat().st_mode & 0o777 == 0o644
     assert (upper / "etc/logrotate.d/dreadpi").exists()
-    assert (upper / "usr/local/bin/dreadpi").read_text().startswith("#!/usr/bin/python3 -I")
-    assert (upper / f"usr/local/lib/dreadpi/{VERSION}/.unpacked").exists()
+    assert (upper / "usr/bin/dreadpi").read_text().startswith("#!/usr/bin/python3 -I")
+    assert (upper / "usr/lib/dreadpi/BUILD").read_text().startswith(f"{VERSION} ")
+    assert list((upper / "usr/lib/dreadpi/dreadpi").glob("__pycache__/cli.cpython-3*.pyc"))  # byte-compiled
     # As the image bake leaves it: the MQTT listener enabled (its link, as for ssh), to start at the first boot.
     wants = upper / "etc/systemd/system/multi-user.target.wants/dreadpi-mqtt-listen.service"
     assert wants.is_symlink() and (upper / "etc/systemd/system/dreadpi-mqtt-listen.service").exists()
