@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import stat
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
 DOCUMENTATION = r"""
 module: dreadpi_files
 short_description: Write dreadpi's files in one module run, each validated before it replaces the old one
@@ -46,12 +53,6 @@ changed_files:
   returned: always
 """
 
-import os
-import shlex
-import stat
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
 
 
 def _current(dest: str) -> tuple:
