@@ -2,14 +2,15 @@
 bookworm, as Raspberry Pi OS bookworm, and one Debian trixie (Python 3.13), as Raspberry Pi OS trixie.
 
 The tests run in order on one fleet: converge, idempotence, check mode, what is on each Pi, a real cycle,
-a fleet config update, a refused invalid value, secrets in output, the status table, and then the metrics
+a fleet config update, a bad value stopped at the canary, secrets in output, the status table, and then the metrics
 served by Debian's prometheus-node-exporter, which the role installs on sim-pi-3 (bookworm) and sim-pi-4
 (trixie) from a flat archive on each of them (a simulated Pi cannot reach deb.debian.org; the package is
 bookworm's, downloaded by this machine), and what a broken collector does to them and to the status table.
-Last, Home Assistant over MQTT on sim-pi-2 (bookworm: paho 1.6) and sim-pi-4 (trixie: paho 2.x): a real
+Then Home Assistant over MQTT on sim-pi-2 (bookworm: paho 1.6) and sim-pi-4 (trixie: paho 2.x): a real
 mosquitto on the controller's side of their links, with TLS from the test CA, a password per Pi and the
 README's ACL; the role's CA file, config and listener unit; the state and discovery after a cycle; and the
-listener, started as its unit would, applying Home Assistant's override within seconds.
+listener, started as its unit would, applying Home Assistant's override within seconds. Then canary rollouts:
+a good change in batches of one Pi, 20 %, the rest, and an unreachable canary stopping them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -199,15 +201,33 @@ def test_a_fleet_config_update_changes_a_threshold_everywhere(fleet):
     assert " drm2 " in fleet.pis[3].ssh("sudo dreadpi run").stdout
 
 
-def test_an_invalid_value_is_refused_on_the_first_pi_and_goes_no_further(fleet):
-    before = {pi.name: pi.ssh("sudo sha256sum /etc/dreadpi/dreadpi.cfg").stdout for pi in fleet.pis}
-    result = play(fleet, "config.yml", "-e", "dreadpi_policy_threshold_low=900", check=False)
-    assert result.returncode != 0
-    assert "policy.threshold_low: must be below threshold_high (700), got 900" in result.stdout
-    attempted = [host for host in READINGS if f"[{host}]" in result.stdout]
-    assert attempted == ["sim-pi-1"], attempted  # a batch of one, stopped at the first failure
-    after = {pi.name: pi.ssh("sudo sha256sum /etc/dreadpi/dreadpi.cfg").stdout for pi in fleet.pis}
-    assert after == before
+def config_checksums(fleet) -> dict:
+    return {pi.name: pi.ssh("sudo sha256sum /etc/dreadpi/dreadpi.cfg").stdout for pi in fleet.pis}
+
+
+def batches(output: str) -> list:
+    """The hosts of each batch of a serial play, in order: ansible-playbook prints a PLAY header per batch."""
+    found = []
+    for block in output.split("PLAY RECAP", 1)[0].split("\nPLAY [")[1:]:
+        hosts = {match.group(1) for match in re.finditer(r"^(?:ok|changed|failed|fatal|skipping): \[([^\]\s]+)",
+                                                          block, re.MULTILINE)}
+        found.append(sorted(hosts))
+    return found
+
+
+@pytest.mark.parametrize("playbook", ["config.yml", "site.yml"])
+def test_a_bad_value_stops_at_the_canary_and_reaches_no_other_pi(fleet, playbook):
+    before = config_checksums(fleet)
+    result = play(fleet, playbook, "-e", "dreadpi_policy_threshold_low=900", check=False)
+    assert result.returncode == 2, result.stdout
+    assert batches(result.stdout) == [["sim-pi-1"]], result.stdout  # the canary, and no further batch
+    assert list(recap(result.stdout)) == ["sim-pi-1"]
+    assert recap(result.stdout)["sim-pi-1"]["failed"] == 1
+    # The last message before the recap names the Pi and the reason its own check-config gave.
+    last = " ".join(result.stdout.split("PLAY RECAP", 1)[0].rsplit("fatal: ", 1)[1].split())
+    assert last.startswith("[sim-pi-1]: FAILED!") and "ROLLOUT STOPPED at sim-pi-1: " in last, last
+    assert "policy.threshold_low: must be below threshold_high (700), got 900" in last, last
+    assert config_checksums(fleet) == before
 
 
 def test_a_wrong_variable_fails_before_anything_is_touched(fleet):
@@ -431,3 +451,44 @@ def test_the_listener_unit_applies_home_assistants_override_within_seconds(fleet
     finally:
         home.close()
         pi.ssh("sudo pkill -f '[d]readpi mqtt-listen' || true")  # the pattern must not match this command
+
+
+def test_a_good_change_goes_to_one_pi_then_20_percent_then_the_rest(fleet):
+    canary = [["sim-pi-1"], ["sim-pi-2"], ["sim-pi-3", "sim-pi-4"]]  # 20 % of four Pis is one
+    result = play(fleet, "config.yml", "-e", "dreadpi_policy_threshold_low=610")
+    assert batches(result.stdout) == canary, result.stdout
+    counts = recap(result.stdout)
+    assert all(count["changed"] >= 1 and count["failed"] == 0 for count in counts.values()), counts
+    for pi in fleet.pis:
+        assert "threshold_low = 610\n" in pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
+    # dreadpi_rollout_batch still sets the batches.
+    result = play(fleet, "config.yml", "-e", "dreadpi_rollout_batch=2", "-e", "dreadpi_policy_threshold_low=610")
+    assert batches(result.stdout) == [["sim-pi-1", "sim-pi-2"], ["sim-pi-3", "sim-pi-4"]], result.stdout
+    # A full deploy goes the same way; it also puts back the inventory's settings the earlier tests changed.
+    result = play(fleet, "site.yml")
+    assert batches(result.stdout) == canary, result.stdout
+    for pi in fleet.pis:
+        assert "threshold_low = 400\n" in pi.ssh("sudo cat /etc/dreadpi/dreadpi.cfg").stdout
+
+
+
+def test_an_unreachable_canary_stops_the_rollout(tmp_path):
+    # Ansible does not rescue an unreachable Pi, and starts the next batch after one under any_errors_fatal: the
+    # playbooks' first task stops each later batch before it touches a Pi. No Pi needed: three addresses of the
+    # benchmark range where nothing answers (no simulated fleet uses 198.18.255.0/24).
+    from tests.fleet.simpi import ansible_env, playbook_argv, write_inventory
+
+    inventory = write_inventory(tmp_path / "inventory", {f"gone-{n}": {
+        "ansible_host": f"198.18.255.{249 + n}", "ansible_user": "pi",
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=2",
+    } for n in (1, 2, 3)})
+    for playbook in ("config.yml", "site.yml"):
+        result = subprocess.run(playbook_argv(inventory, playbook), capture_output=True, text=True,
+                                env=ansible_env(tmp_path), cwd=REPO)
+        assert result.returncode != 0, result.stdout
+        assert batches(result.stdout) == [["gone-1"], ["gone-2"]], result.stdout  # the canary, then a stop
+        assert "fatal: [gone-1]: UNREACHABLE!" in result.stdout
+        last = " ".join(result.stdout.split("PLAY RECAP", 1)[0].rsplit("fatal: ", 1)[1].split())
+        assert last.startswith("[gone-2]: FAILED!") and "ROLLOUT STOPPED before this batch" in last, last
+        assert "gone-1: a Pi failed or could not be reached" in last, last
+        assert "gone-3" not in result.stdout.split("PLAY RECAP", 1)[0]
