@@ -10,11 +10,13 @@ Then Home Assistant over MQTT on sim-pi-2 (bookworm: paho 1.6) and sim-pi-4 (tri
 mosquitto on the controller's side of their links, with TLS from the test CA, a password per Pi and the
 README's ACL; the role's CA file, config and listener unit; the state and discovery after a cycle; and the
 listener, started as its unit would, applying Home Assistant's override within seconds. Then canary rollouts:
-a good change in batches of one Pi, 20 %, the rest, and an unreachable canary stopping them.
+a good change in batches of one Pi, 20 %, the rest, and an unreachable canary stopping them. Last, demand
+response events through playbooks/event.yml: every Pi, a --limit pair, an unreachable fifth Pi, the end of an event.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import shlex
@@ -492,3 +494,104 @@ def test_an_unreachable_canary_stops_the_rollout(tmp_path):
         assert last.startswith("[gone-2]: FAILED!") and "ROLLOUT STOPPED before this batch" in last, last
         assert "gone-1: a Pi failed or could not be reached" in last, last
         assert "gone-3" not in result.stdout.split("PLAY RECAP", 1)[0]
+
+EVENT_ROW = re.compile(r"^\s*(\S+)\s+(yes|no|failed|unreachable|\?)\s+(\S+)\s+(-|\?|\d{4}-\d\d-\d\d \d\d:\d\d)\s+(.*)$")
+
+
+def event_table(output: str) -> tuple:
+    """({host: (applied, mode, until, reason)}, summary line) from event.yml's table."""
+    table = output.split("TASK [Print one line per Pi]", 1)[1].split("msg: |-", 1)[1]
+    lines = table.split("\n\n", 1)[0].strip().splitlines()
+    assert re.match(r"host\s+applied\s+mode\s+until\s+reason$", lines[0]), lines
+    rows = {}
+    for line in lines[1:-1]:
+        match = EVENT_ROW.match(line)
+        assert match, line
+        rows[match.group(1)] = match.groups()[1:]
+    return rows, lines[-1].strip()
+
+
+def overrides(fleet) -> dict:
+    return {pi.name: json.loads(pi.ssh("sudo dreadpi status --json").stdout)["override"] for pi in fleet.pis}
+
+
+def test_an_invalid_event_is_refused_before_any_pi_is_touched(fleet):
+    before = overrides(fleet)
+    for args, variable in ((("-e", "dreadpi_event_mode=drm5", "-e", "dreadpi_event_for=2h"), "dreadpi_event_mode"),
+                           (("-e", "dreadpi_event_mode=drm2", "-e", "dreadpi_event_for=9d"), "dreadpi_event_for"),
+                           (("-e", "dreadpi_event_mode=drm2"), "dreadpi_event_for")):
+        result = play(fleet, "event.yml", *args, check=False)
+        assert result.returncode == 2, result.stdout
+        message = " ".join(result.stdout.split())
+        assert f"msg: {variable} must be" in message and "no Pi was touched" in message, result.stdout
+        assert "TASK [Apply the event" not in result.stdout and "msg: |-" not in result.stdout  # no Pi, no table
+    assert overrides(fleet) == before
+
+
+def test_an_event_applies_on_every_pi_at_once(fleet):
+    result = play(fleet, "event.yml", "-e", "dreadpi_event_mode=drm2", "-e", "dreadpi_event_for=2h")
+    assert batches(result.stdout) == [sorted(READINGS)]  # one batch: no serial
+    assert all(count["changed"] == 1 and count["failed"] == 0 for count in recap(result.stdout).values())
+    rows, summary = event_table(result.stdout)
+    assert summary == "applied on all 4 Pis"
+    now = time.time()
+    for name, override in overrides(fleet).items():
+        assert override["mode"] == "drm2", (name, override)
+        until = datetime.datetime.fromisoformat(override["until"])
+        assert abs(until.timestamp() - (now + 7200)) < 120, override
+        applied, mode, shown, reason = rows[name]
+        assert (applied, mode, shown) == ("yes", "drm2", override["until"][:16].replace("T", " ")), rows[name]
+        assert reason == f"manual override to drm2 until {override['until'][11:16]}", reason
+
+
+def test_an_event_on_a_limit_group_touches_only_those(fleet):
+    before = overrides(fleet)
+    # The fleet's boards have no relays.drm1 (the original two-relay board): each Pi refuses, and says why.
+    result = play(fleet, "event.yml", "-e", "dreadpi_event_mode=drm1", "-e", "dreadpi_event_for=30m",
+                  "--limit", "sim-pi-1,sim-pi-2", check=False)
+    assert result.returncode == 2, result.stdout
+    rows, summary = event_table(result.stdout)
+    assert rows == dict.fromkeys(("sim-pi-1", "sim-pi-2"), (
+        "failed", "-", "-", "dreadpi: override: this board cannot assert drm1 (relays.drm1 is not set)")), rows
+    assert summary == "applied on 0 of 2 Pis; not on: sim-pi-1,sim-pi-2"
+    assert overrides(fleet) == before
+
+    result = play(fleet, "event.yml", "-e", "dreadpi_event_mode=drm3", "-e", "dreadpi_event_for=30m",
+                  "--limit", "sim-pi-1,sim-pi-2")
+    rows, summary = event_table(result.stdout)
+    assert sorted(rows) == ["sim-pi-1", "sim-pi-2"] and summary == "applied on all 2 Pis", rows
+    after = overrides(fleet)
+    assert after["sim-pi-1"]["mode"] == after["sim-pi-2"]["mode"] == "drm3"
+    assert (after["sim-pi-3"], after["sim-pi-4"]) == (before["sim-pi-3"], before["sim-pi-4"])
+
+
+def test_an_unreachable_pi_is_a_row_and_the_others_still_apply(fleet, tmp_path):
+    # One more Pi in the group, at an address of the benchmark range where nothing answers.
+    extra = tmp_path / "gone.yml"
+    extra.write_text(json.dumps({"dreadpi": {"hosts": {"sim-pi-gone": {
+        "ansible_host": f"198.18.{fleet.octet}.254", "ansible_user": "pi",
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=3",
+    }}}}))
+    result = play(fleet, "event.yml", "-i", str(extra), "-e", "dreadpi_event_mode=drm0", "-e", "dreadpi_event_for=45m",
+                  check=False)
+    assert result.returncode == 2, result.stdout  # not applied everywhere
+    rows, summary = event_table(result.stdout)
+    assert rows["sim-pi-gone"][:3] == ("unreachable", "-", "-"), rows
+    assert summary == "applied on 4 of 5 Pis; not on: sim-pi-gone"
+    counts = recap(result.stdout)
+    assert counts["sim-pi-gone"]["failed"] == 1
+    for pi, override in overrides(fleet).items():
+        assert rows[pi][:2] == ("yes", "drm0") and override["mode"] == "drm0", (pi, rows[pi], override)
+        assert counts[pi]["failed"] == 0 and counts[pi]["changed"] == 1
+
+
+def test_clear_ends_the_event_everywhere(fleet):
+    # Last of the event tests: it leaves the fleet with no override, as it found it.
+    result = play(fleet, "event.yml", "-e", "dreadpi_event_mode=clear")
+    rows, summary = event_table(result.stdout)
+    assert summary == "applied on all 4 Pis"
+    assert all(row[0] == "yes" and row[2] == "-" for row in rows.values()), rows
+    assert all(count["changed"] == 1 for count in recap(result.stdout).values())
+    assert overrides(fleet) == dict.fromkeys(READINGS)
+    again = play(fleet, "event.yml", "-e", "dreadpi_event_mode=clear")
+    assert all(count["changed"] == 0 and count["failed"] == 0 for count in recap(again.stdout).values())
