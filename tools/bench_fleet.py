@@ -18,7 +18,9 @@ the playbooks' inventory, ansible.cfg and environment. A run's Pi ratio is its P
 pings around it, the median over rounds. The controller's cost per extra Pi is (no-op site.yml on 4 Pis - on
 1 Pi) / 3, against a ping's controller CPU per Pi on 4 Pis (medians; these come from two fleets, so they are
 not paired). Targets (issue 15): no-op site.yml <= 6 pings of Pi CPU, no-op config.yml <= 2, controller per
-extra Pi <= 1.5. The bench always exits 0 once it has measured (OVER is a result, not a failure).
+extra Pi <= 1.5. Playbooks run with dreadpi_rollout_batch=100%: the canary's batches (1, 20 %, the rest) add a
+fixed cost per run, three passes of the play instead of one, not a cost per Pi. The bench always exits 0 once
+it has measured (OVER is a result, not a failure).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def measure(fleet: Fleet, name: str, noop: bool = True) -> Run:
     control_dir = fleet.workdir / "cp"
     children_before, masters_before = children_cpu(), ssh_masters_cpu(control_dir)
     started = time.monotonic()
-    result = fleet.adhoc("ansible.builtin.ping", "--become") if name == PING else fleet.ansible(name)
+    result = (fleet.adhoc("ansible.builtin.ping", "--become") if name == PING
+              else fleet.ansible(name, "-e", "dreadpi_rollout_batch=100%"))
     wall = time.monotonic() - started
     masters = masters_delta(masters_before, ssh_masters_cpu(control_dir))
     controller = children_cpu() - children_before + masters
