@@ -73,13 +73,15 @@ def ensure_host_tools() -> None:
 
 
 def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str = "",  # noqa: ANN001
-                  suite: str = SUITE) -> Path:
+                  suite: str = SUITE, extra: tuple = ()) -> Path:
     """A debootstrap'd Debian `suite` root filesystem for `arch`, built once and cached under a key of everything
     that shapes it; `customise(path)` finishes it before it is marked complete. Built aside and renamed into place,
-    so an interrupted build is never mistaken for a finished one."""
+    so an interrupted build is never mistaken for a finished one. `extra` packages are installed by apt after
+    debootstrap (whose resolver cannot configure some, e.g. bookworm's ansible-core), making a variant."""
     if suite not in SUITES:
         raise HarnessError(f"unsupported suite {suite!r}; choose one of {', '.join(SUITES)}")
-    key = hashlib.sha256(f"{suite} {arch} {' '.join(packages)} {setup}".encode()).hexdigest()[:12]
+    variant = f" + {' '.join(extra)}" if extra else ""
+    key = hashlib.sha256(f"{suite} {arch} {' '.join(packages)} {setup}{variant}".encode()).hexdigest()[:12]
     path = CACHE / f"rootfs-{suite}-{arch}-{key}"
     if (path / ".dreadpi-complete").exists():
         return path
@@ -91,7 +93,8 @@ def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str =
     include = [] if late else [f"--include={','.join(packages)}"]
     run("debootstrap", f"--arch={arch}", "--variant=minbase", *include, suite, str(building), MIRROR,
         capture_output=False, stdout=subprocess.DEVNULL)
-    if late:
+    packages = (packages if late else ()) + tuple(extra)
+    if packages:
         install = (f"mount --make-rprivate / && mount -t proc proc {building}/proc && "
                    f"mount --rbind /dev {building}/dev && chroot {building} apt-get install -y -q "
                    f"--no-install-recommends {' '.join(packages)}")
@@ -122,9 +125,10 @@ def host_arch() -> str:
     return run("dpkg", "--print-architecture").stdout.strip()
 
 
-def rootfs(suite: str = SUITE) -> Path:
-    """The simulated Pis' rootfs of `suite`, for this machine's own architecture (about two minutes to build, once)."""
-    return cached_rootfs(host_arch(), PACKAGES, ROOTFS_SETUP, _add_pi_user, suite=suite)
+def rootfs(suite: str = SUITE, extra: tuple = ()) -> Path:
+    """The simulated Pis' rootfs of `suite`, for this machine's own architecture (about two minutes to build, once);
+    `extra` packages make a variant, cached under its own key (e.g. ansible-core and git for pull mode)."""
+    return cached_rootfs(host_arch(), PACKAGES, ROOTFS_SETUP, _add_pi_user, suite=suite, extra=tuple(extra))
 
 
 def ansible_env(workdir: Path) -> dict:
@@ -309,11 +313,13 @@ class Fleet:
     """A context manager bringing up `count` simulated Pis and an inventory for them."""
 
     def __init__(self, count: int, host_vars: dict | None = None, prefix: str = "sim-pi",
-                 per_host: dict | None = None, suites: dict | None = None, cgroups: bool = False) -> None:
+                 per_host: dict | None = None, suites: dict | None = None, cgroups: bool = False,
+                 extra_packages: tuple = ()) -> None:
         self.count = count
         self.host_vars = host_vars or {}  # for every Pi
         self.per_host = per_host or {}  # name -> vars for that Pi
         self.suites = suites or {}  # name -> Debian suite of that Pi, if not bookworm
+        self.extra_packages = tuple(extra_packages)  # in every Pi's rootfs (a variant, cached apart)
         self.prefix = prefix
         self.tag = f"{random.randrange(16 ** 4):04x}"
         self.octet = random.randrange(1, 255)
@@ -337,7 +343,7 @@ class Fleet:
             for index in range(self.count):
                 name = f"{self.prefix}-{index + 1}"
                 pi = SimPi(self, index, name, self.suites.get(name, SUITE))
-                pi.rootfs = rootfs(pi.suite)
+                pi.rootfs = rootfs(pi.suite, self.extra_packages)
                 self.pis.append(pi)
                 pi.start()
             self.inventory = write_inventory(self.workdir / "inventory", {pi.name: {
