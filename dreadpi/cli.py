@@ -78,6 +78,7 @@ def cmd_check_config(args: SimpleNamespace) -> int:
 
 
 def status_dict(cfg) -> dict:
+    from dreadpi import pull
     from dreadpi import state as state_store
     from dreadpi.relays import facts
 
@@ -102,7 +103,7 @@ def status_dict(cfg) -> dict:
         "version": __version__,
         "state_format": state_store.FORMAT,
         "board": facts.describe(cfg.relays, cfg.state_dir),
-        "pull": pull_status(cfg.state_dir),
+        "pull": pull.load(cfg.state_dir),
         "health": {
             "failing_since": _iso(saved.failing_since),
             "consecutive_failsafe": saved.consecutive_failsafe,
@@ -114,35 +115,6 @@ def status_dict(cfg) -> dict:
     }
 
 
-PULL_STATUS = "pull.json"  # written by pull mode's dreadpi-pull (roles/dreadpi_pull) after each run
-
-
-def pull_status(state_dir: str) -> dict | None:
-    """The last pull's outcome in pull mode (time, outcome ok/refused/failed, commit, reason, last good pull), or
-    None on a Pi that is not enrolled; an unreadable record is itself an outcome."""
-    import json
-
-    try:
-        with open(os.path.join(state_dir, PULL_STATUS)) as record:
-            data = json.load(record)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        return {"outcome": "unknown", "reason": f"cannot read {PULL_STATUS}: {err}"}
-    return data if isinstance(data, dict) else {"outcome": "unknown", "reason": f"{PULL_STATUS} is not an object"}
-
-
-def pull_line(pull: dict) -> str:
-    """One line for `dreadpi status`: the last pull, and when it did not apply, why and what is still in place."""
-    commit = (pull.get("commit") or "")[:12]
-    line = f"{pull.get('outcome', 'unknown')} at {pull.get('time', '?')}" + (f", commit {commit}" if commit else "")
-    if pull.get("outcome") == "ok":
-        return line + (f" ({pull['changed']} changed)" if pull.get("changed") is not None else "")
-    last = pull.get("last_ok") or {}
-    kept = f"; in place: the pull at {last.get('time')}, commit {(last.get('commit') or '')[:12]}" if last else ""
-    return f"{line}: {pull.get('reason') or 'no reason recorded'}{kept}"
-
-
 def _iso(epoch: float | None) -> str | None:
     if not epoch:
         return None
@@ -152,6 +124,8 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def cmd_status(args: SimpleNamespace) -> int:
+    from dreadpi import pull
+
     info = status_dict(_load(args.config))
     if args.json:
         import json
@@ -161,7 +135,7 @@ def cmd_status(args: SimpleNamespace) -> int:
     if info["mode"] is None:
         print(f"no mode asserted yet: {info['reason']}")
         if info["pull"]:
-            print(f"pull      {pull_line(info['pull'])}")
+            print(f"pull      {pull.line(info['pull'])}")
         return EXIT_OK
     watts = "no reading" if info["watts"] is None else f"{info['watts']:.0f} W at {info['reading_at']}"
     print(f"mode      {info['mode']} ({info['percent']}%) since {info['since']}")
@@ -180,7 +154,7 @@ def cmd_status(args: SimpleNamespace) -> int:
     if health["credential_expires_at"]:
         print(f"credential expires {health['credential_expires_at']}")
     if info["pull"]:
-        print(f"pull      {pull_line(info['pull'])}")
+        print(f"pull      {pull.line(info['pull'])}")
     from dreadpi.relays import facts
 
     for line in facts.sentences(info["board"]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from dreadpi import __version__, modes
+from dreadpi import __version__, modes, pull
 from dreadpi.errors import PROBLEMS
 from dreadpi.state import write_atomic
 
@@ -81,6 +81,16 @@ def render(config, outcome, relays_driven: bool = True) -> str:  # noqa: ANN001 
                [("", state.credential_expires_at)])
     _gauge(lines, "dreadpi_collector_duration_seconds", "How long the collector took in the last cycle.",
            [("", round(outcome.collector_seconds, 3))])
+    last_pull = pull.load(config.state_dir)  # pull mode only
+    if last_pull is not None:
+        _gauge(lines, "dreadpi_pull_ok", "1 when the last pull (pull mode) applied its commit, 0 if refused or failed.",
+               [("", int(last_pull.get("outcome") == "ok"))])
+        for name, help_text, when in (
+                ("dreadpi_pull_timestamp_seconds", "When the last pull ran.", last_pull.get("time")),
+                ("dreadpi_pull_last_ok_timestamp_seconds", "When the last pull that applied its commit ran.",
+                 (last_pull.get("last_ok") or {}).get("time"))):
+            if pull.epoch(when) is not None:
+                _gauge(lines, name, help_text, [("", pull.epoch(when))])
     return "\n".join(lines) + "\n"
 
 
