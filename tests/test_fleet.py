@@ -241,10 +241,17 @@ def test_a_wrong_variable_fails_before_anything_is_touched(fleet):
     result = play(fleet, "site.yml", "--limit", "sim-pi-1", "-e", "dreadpi_metrics_node_exporter=true",
                   "-e", "dreadpi_metrics_textfile_dir=/srv/metrics", check=False)
     assert result.returncode != 0
-    assert ('dreadpi_metrics_textfile_dir must be empty or /var/lib/prometheus/node-exporter with '
-            'dreadpi_metrics_node_exporter' in result.stdout.replace("\n", " ")), result.stdout
+    # (Refused by the role's first task, the read-only probe, which prints the message and stops.)
+    assert ('dreadpi: refused before anything was touched: dreadpi_metrics_textfile_dir must be empty or '
+            '/var/lib/prometheus/node-exporter with dreadpi_metrics_node_exporter' in " ".join(result.stdout.split())
+            ), result.stdout
     counts = recap(result.stdout)["sim-pi-1"]
     assert counts["changed"] == 0 and counts["failed"] == 1, counts
+    result = play(fleet, "config.yml", "--limit", "sim-pi-1", "-e", "dreadpi_cron_schedule='*/15 5-21 * *'",
+                  check=False)
+    assert 'dreadpi_cron_schedule must be five cron time fields such as "*/15 5-21 * * *", got "*/15 5-21 * *"' \
+        in " ".join(result.stdout.split()), result.stdout
+    assert recap(result.stdout)["sim-pi-1"]["changed"] == 0
 
 
 API_SOURCES = {  # what each API source needs besides the vaulted secrets
