@@ -112,12 +112,21 @@ def play(fleet, playbook: str, *args: str, check: bool = True):
 
 
 def test_converge(fleet):
+    # sim-pi-1 was deployed by a role from before the package: the program unpacked under /usr/local.
+    legacy = fleet.pis[0]
+    legacy.ssh("sudo mkdir -p /usr/local/lib/dreadpi/0.0.9/dreadpi "
+               "&& sudo touch /usr/local/lib/dreadpi/dreadpi-0.0.9.tar "
+               "&& printf '#!/bin/sh\\nexit 9\\n' | sudo tee /usr/local/bin/dreadpi >/dev/null "
+               "&& sudo chmod 755 /usr/local/bin/dreadpi")
     result = play(fleet, "site.yml", "-v", "--diff")
     counts = recap(result.stdout)
     assert set(counts) == set(READINGS)
     for host, count in counts.items():
         assert count["failed"] == 0 and count["unreachable"] == 0, host
         assert count["changed"] > 0, host
+    # Moved to the package: nothing of the old install is left to shadow /usr/bin/dreadpi on cron's PATH.
+    assert legacy.ssh("ls -A /usr/local/lib/dreadpi").stdout.split() == ["collectors"]
+    assert legacy.ssh("ls /usr/local/bin/dreadpi", check=False).returncode != 0
 
 
 def test_a_second_run_changes_nothing(fleet):
