@@ -305,12 +305,19 @@ def test_the_first_signed_commit_deploys_each_pi(world):
         assert pi.ssh("sudo stat -c '%U %a' /etc/dreadpi/dreadpi.cfg").stdout.strip() == "root 600"
 
 
-def test_a_signed_commit_reaches_both_pis_at_their_next_run(world):
-    world.repo.set_threshold(350)
-    head = world.repo.commit("Lower threshold_low to 350", "trusted")
+def signed_threshold_reaches_every_pi(world, low: int, signer: str, message: str) -> str:
+    """Commit threshold_low = `low` signed by `signer`, pull on every Pi, check each applied it; the commit."""
+    world.repo.set_threshold(low)
+    head = world.repo.commit(message, signer)
     assert pull_all(world) == {name: 0 for name in PIS}
     for pi in world.pis:
-        assert threshold(pi) == 350
+        assert threshold(pi) == low
+    return head
+
+
+def test_a_signed_commit_reaches_both_pis_at_their_next_run(world):
+    head = signed_threshold_reaches_every_pi(world, 350, "trusted", "Lower threshold_low to 350")
+    for pi in world.pis:
         outcome = record(pi)
         assert (outcome["outcome"], outcome["commit"], outcome["changed"]) == ("ok", head, 1), outcome
 
@@ -352,11 +359,8 @@ def test_a_commit_not_signed_by_a_trusted_key_is_refused(world, signer):
 
 
 def test_an_openpgp_signed_commit_by_a_trusted_key_is_applied(world):
-    world.repo.set_threshold(340)
-    head = world.repo.commit("threshold_low 340, signed with the OpenPGP key", "gpg")
-    assert pull_all(world) == {name: 0 for name in PIS}
+    head = signed_threshold_reaches_every_pi(world, 340, "gpg", "threshold_low 340, signed with the OpenPGP key")
     for pi in world.pis:
-        assert threshold(pi) == 340
         assert record(pi)["commit"] == head
 
 
