@@ -406,8 +406,9 @@ def build_parser():  # noqa: ANN201 (argparse is imported here, only to print he
                                               "cycles where the kernel would release them (systemd runs it)")
     holder.add_argument("-c", "--config", help=config_help)
 
-    listen = sub.add_parser("mqtt-listen", help="the MQTT command service (systemd runs it as root): applies "
-                                                "Home Assistant's override select; the network side is sandboxed")
+    listen = sub.add_parser("mqtt-listen", help="the MQTT service (systemd runs it as root): publishes each "
+                                                "cycle's state, and with mqtt.commands applies Home Assistant's "
+                                                "override select; the network side is sandboxed")
     listen.add_argument("-c", "--config", help=config_help)
 
     sim = sub.add_parser("simulate", help="replay a generation trace through the policy, beside two baselines")

@@ -223,6 +223,8 @@ MQTT = {
     "discovery_prefix": Field(_topic, "homeassistant", "Home Assistant's MQTT discovery prefix"),
     "timeout": Field(schema.number(minimum=1, maximum=120), 10.0,
                      "seconds before publishing is given up (the cycle's relays are already driven)"),
+    "commands": Field(schema.boolean, False, "yes: the MQTT service (dreadpi mqtt-listen) applies Home Assistant's "
+                                             "override select; no: the select is not offered"),
 }
 
 CORE_SECTIONS = {"collector": COLLECTOR, "policy": POLICY, "relays": RELAYS, "paths": PATHS, "metrics": METRICS,
@@ -272,7 +274,7 @@ class NotifySettings(namedtuple("NotifySettings", ("urls", "after", "timeout")))
 
 
 class MqttSettings(namedtuple("MqttSettings", ("host", "port", "username", "password", "tls", "ca_file",
-                                             "topic_prefix", "discovery_prefix", "timeout"))):
+                                             "topic_prefix", "discovery_prefix", "timeout", "commands"))):
     """The `[mqtt]` section, defaults resolved: `port` is a number and `topic_prefix` never empty. `host` empty:
     MQTT is off."""
 
@@ -286,6 +288,7 @@ class MqttSettings(namedtuple("MqttSettings", ("host", "port", "username", "pass
     topic_prefix: str
     discovery_prefix: str
     timeout: float
+    commands: bool
 
 
 def _mqtt_settings(values: dict) -> MqttSettings:

@@ -233,12 +233,19 @@ def _notify(config: Config, saved: state_store.State, outcome: Outcome, relay_er
 
 
 def _mqtt(config: Config, outcome: Outcome) -> None:
-    """Publish the state and Home Assistant's discovery configs, retained, every cycle. A broker that is down,
-    refuses the password or hangs is one warning in the error log until it works again (the state remembers
-    it was logged), never a change to the relays or the exit code."""
+    """Publish the state and Home Assistant's discovery configs, retained, every cycle: through the MQTT service
+    where it runs (a signal; it publishes on its open connection and logs its own broker problems), else from a
+    sandboxed child of this cycle. A broker that is down, refuses the password or hangs is one warning in the
+    error log until it works again (the state remembers it was logged), never a change to the relays or the
+    exit code."""
     from dreadpi.reports import mqtt
 
     state = outcome.state
+    if mqtt.hand_off(config):
+        if state.mqtt_problem is not None:  # the service reports the broker from now on
+            state.mqtt_problem = None
+            _save_quietly(config, outcome, state)
+        return
     failure = mqtt.deliver(config, mqtt.messages(config, state, outcome.when.epoch, os.uname().nodename))
     if failure == state.mqtt_problem:
         return
@@ -248,6 +255,11 @@ def _mqtt(config: Config, outcome: Outcome) -> None:
         logs.error(config.log_dir, outcome.when, f"warning: mqtt: state not published: {failure}; logged once "
                                                  f"until it works again")
     state.mqtt_problem = failure
+    _save_quietly(config, outcome, state)
+
+
+def _save_quietly(config: Config, outcome: Outcome, state: state_store.State) -> None:
+    """Save what a report remembers; a failure is a warning, as a report never fails the cycle."""
     try:
         state_store.save(config.state_dir, state)
     except OSError as err:

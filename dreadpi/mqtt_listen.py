@@ -1,15 +1,24 @@
-"""`dreadpi mqtt-listen`: the service that lets Home Assistant's select set or end an override, within seconds.
+"""`dreadpi mqtt-listen`: the MQTT service. It publishes each cycle's state on one open connection, and (with
+`mqtt.commands`) lets Home Assistant's select set or end an override, within seconds.
 
 Two processes, split by privilege. The network side is a long-running child in the collector sandbox
 (sandbox.spawn: the unprivileged user, limits, no environment) running fetch_mqtt's `listen`: it holds the
-broker connection, and passes on only commands of the right shape, as {"mode", "for", "at"}. This root side
-trusts none of it: it re-validates every field against its own config (a mode the board can assert, a
-duration within the override limit, a time no more than MAX_AGE old and at most MAX_SKEW ahead), then applies
-it through the same code path as `dreadpi override` (override.apply: under the cycle's lock, then a cycle,
-which republishes the state). A command whose `at` is older than the last one applied, or the same command
-again, is not applied twice (state.mqtt_command_at / mqtt_command). Anything refused is logged with the reason,
-never the command itself. Who may send commands at all is the broker's ACL: only Home Assistant's user may
-write the command topic.
+broker connection, publishes what this side writes to its stdin, and passes on only commands of the right
+shape, as {"mode", "for", "at"}.
+
+Publishing: while the service runs, its pid is in the state directory (reports.mqtt.announce), and a cycle,
+instead of starting a publishing child of its own, sends it SIGUSR1 (reports.mqtt.hand_off). This side then
+reads the saved state and hands the child the state document, and the discovery configs this connection has
+not yet published. On a Pi Zero that is the difference between a cycle that starts a second interpreter,
+imports paho and makes a TLS handshake every few minutes, and one that sends a signal.
+
+Commands: this root side trusts nothing the child passes on: it re-validates every field against its own
+config (a mode the board can assert, a duration within the override limit, a time no more than MAX_AGE old and
+at most MAX_SKEW ahead), then applies it through the same code path as `dreadpi override` (override.apply:
+under the cycle's lock, then a cycle, which republishes the state). A command whose `at` is older than the
+last one applied, or the same command again, is not applied twice (state.mqtt_command_at / mqtt_command).
+Anything refused is logged with the reason, never the command itself. Who may send commands at all is the
+broker's ACL: only Home Assistant's user may write the command topic.
 
 The child reconnects by itself; if it dies, this side starts another after a pause. A broker problem is logged
 once (error.log and stderr) until the connection works again.
@@ -102,14 +111,24 @@ def handle(cfg, request: object) -> str:  # noqa: ANN001 (Config)
 
 
 class Service:
-    """The listener's root side: what the log already says about the broker (a problem is logged once, and its
-    end once), and whether a SIGTERM must wait for a command being applied (a cycle is never cut short)."""
+    """The service's root side: what the log already says about the broker (a problem is logged once, and its
+    end once), whether a SIGTERM must wait for a command being applied (a cycle is never cut short), and what
+    the child's connection has published: `published` {topic: payload} acknowledged, `sending` the list the
+    child has now, `stale` whether the saved state is newer than what was sent."""
 
     def __init__(self, cfg, log) -> None:  # noqa: ANN001 (Config, callable)
         self.cfg, self.log = cfg, log
         self.problem: str | None = None
         self.busy = False
         self.stopping = False
+        self.connected = False
+        self.published: dict = {}
+        self.sending: list | None = None
+        self.stale = True  # publish the saved state as soon as the child is connected
+
+    def wake(self, signum: int, frame: object) -> None:
+        """SIGUSR1 from a cycle (reports.mqtt.hand_off): the saved state changed. The wake-up fd ends the poll."""
+        self.stale = True
 
     def stop(self, signum: int, frame: object) -> None:
         """SIGTERM: stop now, or as soon as the command being applied is."""
@@ -121,10 +140,14 @@ class Service:
         if event.get("event") == "connected":
             if self.problem is not None:
                 self._say("warning: mqtt: the listener is connected to the broker again")
+            elif self.cfg.mqtt.commands:
+                self.log(f"mqtt: publishing to and listening on {self.cfg.mqtt.topic_prefix}")
             else:
-                self.log(f"mqtt: listening on {self.cfg.mqtt.topic_prefix}/command")
+                self.log(f"mqtt: publishing to {self.cfg.mqtt.topic_prefix}")
             self.problem = None
+            self.connected, self.published, self.sending, self.stale = True, {}, None, True
             return
+        self.connected = False
         why = str(event.get("why"))[:200]
         if self.problem is None:
             self._say(f"warning: mqtt: the listener cannot reach mqtt.host {self.cfg.mqtt.host} port "
@@ -138,14 +161,48 @@ class Service:
         logs.error(self.cfg.log_dir, clock_now(), line)
         self.log(line)
 
-    def follow(self, child) -> None:  # noqa: ANN001 (sandbox.Child)
-        """Read the child's events until it exits (or prints something no child of ours would)."""
+    def publish(self, child) -> None:  # noqa: ANN001 (sandbox.Child)
+        """Hand the child the saved state, and the discovery configs this connection has not published, once
+        the last list is acknowledged. A state that cannot be read is left for the next cycle's."""
+        if not (self.stale and self.connected and self.sending is None):
+            return
+        from dreadpi import state as state_store
+        from dreadpi.reports import mqtt
+
+        self.stale = False
+        try:
+            saved, _ = state_store.load(self.cfg.state_dir, recover=False)
+        except (OSError, DreadpiError):
+            return
+        if not saved.updated_at:
+            return  # no cycle has run yet: nothing to show
+        wanted = mqtt.messages(self.cfg, saved, time.time(), os.uname().nodename)
+        self.sending = [message for message in wanted if self.published.get(message[0]) != message[1]] or None
+        if self.sending is None:
+            return
+        try:
+            os.write(child.stdin, json.dumps(self.sending).encode("utf-8") + b"\n")
+        except BlockingIOError:  # the child has not read what it was sent before: try again at the next wake
+            self.sending, self.stale = None, True
+        except OSError:
+            self.sending = None  # it exited; follow() sees that next
+
+    def follow(self, child, wakeup: int) -> None:  # noqa: ANN001 (sandbox.Child)
+        """Read the child's events until it exits (or prints something no child of ours would); publish the
+        state whenever a cycle says it changed."""
+        os.set_blocking(child.stdin, False)
         poller = select.poll()
         poller.register(child.stdout, select.POLLIN)
         poller.register(child.stderr, select.POLLIN)
+        poller.register(wakeup, select.POLLIN)
         pending = b""
         while True:
+            self.publish(child)
             for fd, _ in poller.poll():
+                if fd == wakeup:
+                    while _drained(wakeup):
+                        pass
+                    continue
                 chunk = os.read(fd, 65536)
                 if fd == child.stderr:
                     if not chunk:
@@ -169,7 +226,12 @@ class Service:
         kind = event.get("event") if isinstance(event, dict) else None
         if kind in ("connected", "error"):
             self.connection(event)
-        elif kind == "command":
+        elif kind == "published" and self.sending is not None:
+            self.published.update((topic, payload) for topic, payload, _ in self.sending)
+            self.sending = None
+        elif kind == "unpublished":
+            self.sending, self.stale = None, True  # sent again once connected
+        elif kind == "command" and self.cfg.mqtt.commands:
             self.busy = True
             try:
                 self.log(handle(self.cfg, event))
@@ -198,16 +260,32 @@ def serve(cfg, log, python: str | None = None) -> int:  # noqa: ANN001 (Config, 
     cycle.prepare_dirs(cfg)
     service = Service(cfg, log)
     signal.signal(signal.SIGTERM, service.stop)
+    wakeup, wakeup_w = os.pipe()
+    for fd in (wakeup, wakeup_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wakeup_w)
+    signal.signal(mqtt.WAKE, service.wake)
     argv, stdin = mqtt.invocation(mqtt.job(cfg, os.uname().nodename, "listen"), "listen", python or mqtt.PYTHON)
     try:
+        mqtt.announce(cfg.state_dir)
         while True:
             who = sandbox.identity(cfg.collector.user, cfg.collector.group)
             child = sandbox.spawn(argv, stdin, who, cfg.collector.memory_limit)
             try:
-                service.follow(child)
+                service.follow(child, wakeup)
             finally:
                 code = child.stop()
             service.connection({"event": "error", "why": f"the listening child ended (exit {code})"})
             time.sleep(RESTART_PAUSE)
     except Stop:
         return EXIT_OK
+    finally:
+        mqtt.withdraw(cfg.state_dir)
+
+
+def _drained(fd: int) -> bool:
+    """Read what the signal handlers wrote to the wake-up pipe; False once it is empty."""
+    try:
+        return bool(os.read(fd, 512))
+    except BlockingIOError:
+        return False

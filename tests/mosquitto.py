@@ -133,8 +133,8 @@ class Client:
         for topic in topics:
             self.client.subscribe(topic, qos=1)
 
-    def publish(self, topic: str, payload: str) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def latest(self) -> dict:
         with self.lock:

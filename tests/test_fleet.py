@@ -466,9 +466,17 @@ def test_the_listener_unit_applies_home_assistants_override_within_seconds(fleet
                     break
                 assert time.monotonic() - sent < 2, (option, override, pi.ssh("cat /tmp/mqtt-listen.log").stdout)
                 time.sleep(0.1)
+        # A cron cycle now only signals the service, which publishes the state on its connection.
+        home.subscribe(f"dreadpi/{name}/state")
+        pi.ssh("sudo dreadpi run")
+        updated = json.loads(pi.ssh("sudo dreadpi status --json").stdout)["updated_at"]
+        assert home.wait(lambda found: json.loads(found.get(f"dreadpi/{name}/state", "{}")).get("updated_at")
+                         == updated, 5), pi.ssh("cat /tmp/mqtt-listen.log").stdout
+        assert "publishing to and listening on" in pi.ssh("cat /tmp/mqtt-listen.log").stdout
     finally:
         home.close()
         pi.ssh("sudo pkill -f '[d]readpi mqtt-listen' || true")  # the pattern must not match this command
+    assert pi.ssh("sleep 1; test -e /var/lib/dreadpi/mqtt-service.json", check=False).returncode == 1  # withdrawn
 
 
 def test_a_good_change_goes_to_one_pi_then_20_percent_then_the_rest(fleet):

@@ -91,7 +91,7 @@ def clear_retained(broker) -> None:
         time.sleep(0.3)
         pi = Client(broker, PI_USER, PI_PASSWORD)
         for topic in home.latest():
-            pi.publish(topic, "")
+            pi.publish(topic, "", retain=True)
         pi.close()
     finally:
         home.close()
@@ -118,7 +118,8 @@ def uid_of(pid: int) -> int:
 
 def test_a_cycle_publishes_discovery_and_its_state_retained(broker, world_dir):
     clear_retained(broker)
-    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "metrics": {"schedule": "*/5 * * * *"}})
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker, commands="yes"),
+                                   "metrics": {"schedule": "*/5 * * * *"}})
     outputs = []
     seen = []
     for _ in range(2):
@@ -159,6 +160,13 @@ def test_a_cycle_publishes_discovery_and_its_state_retained(broker, world_dir):
     assert document["updated_at"] == info["updated_at"]
     everything = json.dumps([first, second]) + "".join(outputs) + error_log(world_dir)
     assert PI_PASSWORD not in everything and "warning" not in error_log(world_dir)
+
+    # Commands turned off: the select goes from Home Assistant (an empty config), the rest stays as it was.
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "metrics": {"schedule": "*/5 * * * *"}})
+    assert dreadpi("run", "-c", str(cfg)).returncode == 0
+    third = retained(broker, "homeassistant/#", count=6)
+    assert sorted(third) == sorted(topic for topic in configs if "/select/" not in topic)
+    assert all(third[topic] == second[topic] for topic in third)
 
 
 @pytest.mark.parametrize("how", ["password", "dead", "hanging"])
@@ -209,8 +217,9 @@ def test_a_broker_problem_changes_nothing_and_is_logged_once(broker, world_dir, 
         assert error_log(world_dir / "mqtt").count("mqtt: publishing to the broker works again") == 1
 
 
-def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
-    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker)})
+def counted_cycle(cfg: Path) -> str:
+    """`dreadpi run` as the Pi runs it, saying its exit code, how many processes it started, and which of the
+    heavy modules it imported."""
     code = ("import os, sys; from dreadpi.cli import main; forks = []; real = os.fork\n"
             "def fork():\n    forks.append(1)\n    return real()\n"
             "os.fork = fork; rc = main(['run', '-c', sys.argv[1]]); "
@@ -218,8 +227,76 @@ def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
             "'threading', 'http', 'urllib'}))")
     done = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.append({str(REPO)!r})\n" + code,
                            str(cfg)], capture_output=True, text=True, env={"TZ": "UTC"}, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "0 2 []"  # the collector and the publisher
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker)})
+    assert counted_cycle(cfg) == "0 2 []"  # the collector and the publisher
     assert "warning" not in error_log(world_dir)
+
+
+def service(cfg: Path) -> subprocess.Popen:
+    """The real `dreadpi mqtt-listen`, as root, as its unit starts it."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "TZ": "UTC"}
+    return subprocess.Popen([sys.executable, "-m", "dreadpi", "mqtt-listen", "-c", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_where_the_service_runs_a_cycle_hands_it_the_state_and_starts_no_publisher(broker, world_dir):
+    clear_retained(broker)
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "policy": {"min_dwell": "0"}})
+    home = Client(broker, HA_USER, HA_PASSWORD)
+    home.subscribe(f"{PREFIX}/#", f"homeassistant/+/{NODE}/+/config")
+    process = service(cfg)
+    try:
+        assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "online", 10), process.stderr
+        time.sleep(0.3)
+        assert f"{PREFIX}/state" not in home.latest()  # no cycle has run yet: nothing to show
+        connections = broker.log.read_text().count(f"as {NODE}_publish")
+        for watts, mode in (("550", "drm3"), ("150", "drm2")):
+            home.messages.clear()
+            write_config(world_dir, {"mqtt": mqtt_section(broker), "script": {"command": f"/bin/echo {watts}"}})
+            assert counted_cycle(cfg) == "0 1 []"  # the collector only: the service publishes
+            assert home.wait(lambda found, mode=mode: json.loads(found.get(f"{PREFIX}/state", "{}")).get("mode")
+                             == mode, 2)
+            document = json.loads(home.latest()[f"{PREFIX}/state"])
+            assert document["updated_at"] == status(cfg)["updated_at"]
+            time.sleep(0.3)
+            sent = sorted({topic for topic, _, _ in home.messages})
+            if watts == "550":  # the connection's first: the discovery configs, and the select removed
+                assert len(sent) == 8 and f"homeassistant/select/{NODE}/control/config" in sent, sent
+            else:  # after that, only what changed
+                assert sent == [f"{PREFIX}/state"], sent
+        assert broker.log.read_text().count(f"as {NODE}_publish") == connections  # no child of a cycle connected
+        assert processes_with("run_publish") == [] and (world_dir / "state" / mqtt.SERVICE_FILE).exists()
+
+        command(home, {"option": "normal for 1 h", "at": int(time.time())})  # commands are off: not listened to
+        time.sleep(1.0)
+        assert override_of(cfg) is None and "command" not in error_log(world_dir)
+    finally:
+        stop(process)
+        home.close()
+    assert process.returncode == 0 and not (world_dir / "state" / mqtt.SERVICE_FILE).exists()
+    assert counted_cycle(cfg) == "0 2 []"  # the service is gone: the cycle publishes by itself again
+    assert "warning" not in error_log(world_dir) and PI_PASSWORD not in process.stderr.read()
+
+
+def test_a_service_file_left_by_a_dead_service_is_not_trusted(world_dir):
+    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1"}})))
+    (world_dir / "state").mkdir()
+    marker = world_dir / "state" / mqtt.SERVICE_FILE
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        for text in ("", "{}", "not json", json.dumps({"pid": 1, "started": 0}),
+                     json.dumps({"pid": sleeper.pid, "started": 1}),  # its pid, but not its start: a reused pid
+                     json.dumps({"pid": 2 ** 22 + 1, "started": 5})):
+            marker.write_text(text)
+            assert mqtt.hand_off(cfg) is False, text
+        assert sleeper.poll() is None  # never signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # Commands: Home Assistant's select, through the listener.
@@ -228,7 +305,7 @@ def test_a_cycle_with_mqtt_loads_no_paho_or_ssl(broker, world_dir):
 def listener(broker, world_dir):
     """A cycle has run; the real `dreadpi mqtt-listen` runs as root, as its unit would; Home Assistant watches."""
     clear_retained(broker)
-    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker), "policy": {"min_dwell": "3600"}})
+    cfg = write_config(world_dir, {"mqtt": mqtt_section(broker, commands="yes"), "policy": {"min_dwell": "3600"}})
     assert dreadpi("run", "-c", str(cfg)).returncode == 0
     home = Client(broker, HA_USER, HA_PASSWORD)
     home.subscribe(f"{PREFIX}/#")
@@ -369,7 +446,7 @@ def paho2(world_dir) -> str:
 def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
     clear_retained(broker)
     cfg_path = write_config(world_dir, {"mqtt": mqtt_section(broker, port=str(broker.port), tls="no",
-                                                             ca_file=None)})
+                                                             ca_file=None, commands="yes")})
     assert dreadpi("run", "-c", str(cfg_path)).returncode == 0  # Debian's paho 1.6, plain TCP this time
     cfg = config.load(str(cfg_path))
     saved, _ = state.load(cfg.state_dir)
@@ -409,7 +486,7 @@ def test_mqtt_settings_and_their_defaults():
     assert config.parse_text("[script]\ncommand = /bin/echo 1\n").mqtt.host == ""  # off
     cfg = settings()
     assert cfg.mqtt == config.MqttSettings("broker.lan", 8883, "", "", True, "", f"dreadpi/{HOST}", "homeassistant",
-                                           10.0)
+                                           10.0, False)
     assert settings("tls = no\n").mqtt.port == 1883
     assert settings("tls = no\nport = 1884\n").mqtt.port == 1884
 
@@ -525,7 +602,7 @@ def test_the_child_passes_on_only_commands_of_the_right_shape(payload, expected)
 
 
 def test_a_stop_waits_for_the_command_being_applied(world_dir, monkeypatch):
-    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1"}})))
+    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1", "commands": "yes"}})))
     lines: list = []
     service = mqtt_listen.Service(cfg, lines.append)
 
@@ -541,7 +618,7 @@ def test_a_stop_waits_for_the_command_being_applied(world_dir, monkeypatch):
 
 
 def test_what_the_child_says_is_never_repeated_unless_it_is_one_of_its_phrases(world_dir):
-    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1"}})))
+    cfg = config.load(str(write_config(world_dir, {"mqtt": {"host": "127.0.0.1", "commands": "yes"}})))
     (world_dir / "log").mkdir()
     lines: list = []
     service = mqtt_listen.Service(cfg, lines.append)

@@ -88,11 +88,15 @@ MOSQUITTO = "/usr/sbin/mosquitto"
 
 
 def mqtt_figures(directory: Path, env: dict) -> None:
-    """The same cycle with `[mqtt]` configured: the parent builds the state and discovery documents and waits for
-    the sandboxed publisher (Debian's python3 -I with python3-paho-mqtt), which connects and publishes 8 retained
-    messages. With Debian's mosquitto installed (tests/mosquitto.py installs it without starting the service) a
-    broker runs on loopback for the bench; without one, the publisher meets a closed port, which still costs the
-    child's start and paho's import, and is said so."""
+    """The same cycle with `[mqtt]` configured, both ways it publishes. With the MQTT service running (`dreadpi
+    mqtt-listen`, which the role installs wherever MQTT is on) the cycle only signals it, and the service
+    publishes the state on its open connection: the figure is the cycle, and the service's own CPU time per
+    cycle (root side and sandboxed child, from /proc) is printed beside it. Without the service (a Pi set up
+    without the role), the cycle waits for a sandboxed publisher of its own (Debian's python3 -I with
+    python3-paho-mqtt), which connects and publishes 8 retained messages. With Debian's mosquitto installed
+    (tests/mosquitto.py installs it without starting the service) a broker runs on loopback for the bench;
+    without one, the publisher meets a closed port, which still costs the child's start and paho's import, and
+    is said so; the service needs the broker, so its figure is left out."""
     import socket
 
     with socket.socket() as sock:
@@ -108,16 +112,73 @@ def mqtt_figures(directory: Path, env: dict) -> None:
     extra = f"[mqtt]\nhost = 127.0.0.1\nport = {port}\ntls = no\ntopic_prefix = dreadpi/bench\n"
     cfg = write_config(directory, "sim", "mqtt", extra)
     try:
+        if broker:
+            service_figures(cfg, directory / "state-sim-mqtt", env)
         bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, cfg), env)
     finally:
         if broker:
             broker.kill()
             broker.wait()
     where = "a mosquitto on loopback" if broker else "no broker (a closed port: install mosquitto, run as root)"
-    report(f"script collector, sim relays, mqtt publishing to {where}", PI_PYTHON, bare, cycle)
+    report(f"script collector, sim relays, mqtt, no service: a publisher per cycle to {where}", PI_PYTHON, bare,
+           cycle)
     log = directory / "log-sim-mqtt" / "error.log"
     if broker and log.exists() and "mqtt" in log.read_text():
         raise SystemExit(f"publishing failed: {log.read_text()}")
+
+
+def service_figures(cfg: Path, state_dir: Path, env: dict) -> None:
+    """The cycle with the MQTT service running, and the service's CPU time per cycle."""
+    argv = [*PI_PYTHON, "-c", f"import sys; sys.path.append({str(REPO)!r}); from dreadpi.cli import entry; "
+                              f"sys.exit(entry())", "mqtt-listen", "-c", str(cfg)]
+    service = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (state_dir / "mqtt-service.json").exists() or len(tree(service.pid)) < 2:
+            if time.monotonic() > deadline or service.poll() is not None:
+                raise SystemExit(f"the MQTT service did not start: {service.stderr.read().decode()}")
+            time.sleep(0.1)
+        time.sleep(1.0)  # connected
+        before = cpu_seconds(service.pid)
+        bare, cycle = interleaved([*PI_PYTHON, "-c", "pass"], cycle_argv(PI_PYTHON, cfg), env)
+        time.sleep(1.0)  # the last publish
+        per_cycle = (cpu_seconds(service.pid) - before) / (RUNS + 1)
+    finally:
+        service.terminate()
+        service.wait(10)
+    report("script collector, sim relays, mqtt through the MQTT service on a mosquitto on loopback", PI_PYTHON,
+           bare, cycle)
+    print(f"  the service's CPU per cycle (root side and child): {per_cycle * 1000:.1f} ms = "
+          f"{per_cycle / bare[0]:.2f}x the bare interpreter's start; cycle and service together "
+          f"{(cycle[0] + per_cycle) / bare[0]:.2f}x")
+
+
+def tree(pid: int) -> list:
+    """pid and its children (the service's sandboxed child is its direct child, in a session of its own)."""
+    found = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the process and its children, live."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for member in tree(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(stat[11]) + int(stat[12])
+    return total / ticks
 
 
 def report(label: str, python: list, bare: tuple, cycle: tuple) -> None:

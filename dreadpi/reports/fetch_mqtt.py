@@ -7,10 +7,14 @@ JSON, the job (broker, credentials, CA as text, topics). argv[1] says what to do
 
 - `publish`: publish the job's `messages` (QoS 1, each acknowledged) within `budget` seconds; print one JSON
   object, {"published": count} or {"error": phrase}.
-- `listen`: stay connected, reconnecting with back-off; subscribe to the command topic, keep the availability
-  topic `online` (the last will says `offline`), and print one JSON line per event: {"event": "connected"},
-  {"event": "error", "why": phrase}, {"event": "command", "mode", "for", "at"} for a command of the right shape,
-  {"event": "refused", "why": phrase} for anything else. Exits when the parent closes stdin.
+- `listen`: the MQTT service's network side. Stay connected, reconnecting with back-off; keep the availability
+  topic `online` (the last will says `offline`); with the job's `commands`, subscribe to the command topic.
+  Each further line on stdin is a JSON list of [topic, payload, retain] to publish (QoS 1) on the open
+  connection. Print one JSON line per event: {"event": "connected"}, {"event": "error", "why": phrase},
+  {"event": "published", "count": n} once the broker acknowledged a whole list, {"event": "unpublished"} for a
+  list that was not (the connection was down or dropped), {"event": "command", "mode",
+  "for", "at"} for a command of the right shape, {"event": "refused", "why": phrase} for anything else. Exits
+  when the parent closes stdin.
 
 What it prints is fixed phrases and checked fields, never a payload as received, the password or a traceback:
 the parent logs it, and the root side validates every command again before acting on it.
@@ -169,6 +173,37 @@ def command(payload: bytes, options: dict) -> dict:
     return {"mode": mode, "for": duration, "at": int(at)}
 
 
+class Requests:
+    """The lists to publish the parent writes on stdin, one JSON line each; `closed` once the parent is gone."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.closed = False
+
+    def read(self) -> list:
+        """What arrived (call when stdin is readable): complete lines, decoded; a line that is not a list of
+        [str, str, bool] is dropped (the parent never writes one)."""
+        import os
+
+        chunk = os.read(0, 65536)
+        if not chunk:
+            self.closed = True
+            return []
+        self.pending += chunk
+        lists = []
+        while b"\n" in self.pending:
+            line, self.pending = self.pending.split(b"\n", 1)
+            try:
+                found = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if isinstance(found, list) and all(
+                    isinstance(m, list) and len(m) == 3 and isinstance(m[0], str) and isinstance(m[1], str)
+                    for m in found):
+                lists.append(found)
+        return lists
+
+
 def run_listen() -> None:
     job = json.loads(sys.stdin.readline())
 
@@ -187,7 +222,8 @@ def run_listen() -> None:
         if code != 0:
             emit({"event": "error", "why": refusal(code)})
             return
-        client.subscribe(job["command_topic"], qos=1)
+        if job.get("commands", True):
+            client.subscribe(job["command_topic"], qos=1)
         client.publish(job["availability_topic"], "online", qos=1, retain=True)
         emit({"event": "connected"})
 
@@ -200,21 +236,42 @@ def run_listen() -> None:
     made.on_connect = connected
     made.on_message = received
     made.will_set(job["availability_topic"], "offline", qos=1, retain=True)
+    requests = Requests()
+    sending: list = []  # the paho message infos of each list being published, oldest first
     delay, linked = 1.0, False
     while True:
-        if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.buffer.read1(1):
-            return  # the parent is gone
+        sock = made.socket() if linked else None
+        watched = [sys.stdin] + ([sock] if sock is not None else [])
+        writing = [sock] if sock is not None and made.want_write() else []
+        buffered = sock is not None and getattr(sock, "pending", lambda: 0)()  # TLS bytes read, not yet seen
+        readable = select.select(watched, writing, [], 1.0 if linked and not buffered else 0)[0]
+        if sys.stdin in readable:
+            for found in requests.read():
+                if made.is_connected():
+                    sending.append([made.publish(topic, payload, qos=1, retain=bool(retain))
+                                    for topic, payload, retain in found])
+                else:
+                    emit({"event": "unpublished"})  # the parent sends it again after the next "connected"
+            if requests.closed:
+                return  # the parent is gone
         try:
             if not linked:
                 made.connect(job["host"], job["port"], keepalive=60)
                 linked = True
-            if made.loop(1.0) != 0:
+            if made.loop(0) != 0:
                 raise Failed("the broker closed the connection")
             if made.is_connected():
                 delay = 1.0
+            while sending and all(info.is_published() for info in sending[0]):
+                emit({"event": "published", "count": len(sending.pop(0))})
         except Exception as err:  # noqa: BLE001 (reported as a phrase; the loop carries on)
             emit({"event": "error", "why": phrase(err)})
-            linked = False
-            if select.select([sys.stdin], [], [], delay)[0] and not sys.stdin.buffer.read1(1):
-                return
+            if sending:
+                emit({"event": "unpublished"})
+            linked, sending = False, []
+            if select.select([sys.stdin], [], [], delay)[0]:
+                if requests.read():
+                    emit({"event": "unpublished"})
+                if requests.closed:
+                    return
             delay = min(delay * 2, 60.0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 
 from dreadpi import __version__
 
@@ -147,13 +148,16 @@ def discovery(config, host: str) -> list:  # noqa: ANN001 (Config)
         if "json_attributes_template" in keys:
             payload["json_attributes_topic"] = state_topic
         found.append((f"{settings.discovery_prefix}/{component}/{node}/{object_id}/config", payload))
+    found = [(topic, json.dumps(payload, sort_keys=True)) for topic, payload in found]
+    select_topic = f"{settings.discovery_prefix}/select/{node}/control/config"
+    if not settings.commands:
+        return found + [(select_topic, "")]  # an empty config removes the select, should commands have been on
     select = {"name": "Control", "unique_id": f"{node}_control", "device": device, "origin": origin,
               "icon": "mdi:hand-back-right", "command_topic": command_topic, "command_template": COMMAND_TEMPLATE,
               "options": [option for option, _, _ in CONTROL], "state_topic": state_topic,
               "value_template": "{{ value_json.control }}", "availability_topic": listener_topic,
               "payload_available": ONLINE, "payload_not_available": OFFLINE, "qos": 1}
-    found.append((f"{settings.discovery_prefix}/select/{node}/control/config", select))
-    return [(topic, json.dumps(payload, sort_keys=True)) for topic, payload in found]
+    return found + [(select_topic, json.dumps(select, sort_keys=True))]
 
 
 def messages(config, state, now: float, host: str) -> list:  # noqa: ANN001 (Config, state.State)
@@ -178,7 +182,7 @@ def job(config, host: str, role: str) -> dict:  # noqa: ANN001 (Config)
     return {"host": settings.host, "port": settings.port, "tls": settings.tls, "ca": ca,
             "username": settings.username, "password": settings.password,
             "client_id": f"{node_id(host)}_{role}"[:64], "budget": max(1.0, settings.timeout - HEADROOM),
-            "command_topic": command_topic, "availability_topic": listener_topic,
+            "command_topic": command_topic, "availability_topic": listener_topic, "commands": settings.commands,
             "options": {option: [mode, duration] for option, mode, duration in CONTROL}}
 
 
@@ -189,6 +193,49 @@ def invocation(job: dict, entry: str, python: str = PYTHON) -> tuple:
         source = f.read()
     stdin = (json.dumps(source) + "\n" + json.dumps(job) + "\n").encode("utf-8")
     return (python, "-I", "-c", _BOOT, f"run_{entry}"), stdin
+
+
+SERVICE_FILE = "mqtt-service.json"  # in the state directory while `dreadpi mqtt-listen` runs: its pid, start time
+WAKE = signal.SIGUSR1  # what a cycle sends the service: "the state changed, publish it"
+
+
+def _started(pid: int) -> int:
+    """When the process started, in clock ticks since boot (/proc/<pid>/stat field 22): with the pid, what
+    tells the service from a process that got its pid after it died."""
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rsplit(b")", 1)[1].split()[19])
+
+
+def announce(state_dir: str) -> None:
+    """The service says it runs (and handles WAKE): from now on cycles leave publishing to it."""
+    from dreadpi.state import write_atomic
+
+    write_atomic(os.path.join(state_dir, SERVICE_FILE),
+                 json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}), durable=False)
+
+
+def withdraw(state_dir: str) -> None:
+    """The service stops: cycles publish by themselves again."""
+    try:
+        os.unlink(os.path.join(state_dir, SERVICE_FILE))
+    except FileNotFoundError:
+        pass
+
+
+def hand_off(config) -> bool:  # noqa: ANN001 (Config)
+    """Tell the running MQTT service that the state changed, so it publishes it on its open connection: no
+    interpreter, paho import or TLS handshake for this cycle. False when no service runs (never started, or
+    gone without withdrawing: its pid is not that process any more), and the cycle publishes by itself."""
+    try:
+        with open(os.path.join(config.state_dir, SERVICE_FILE), encoding="ascii") as handle:
+            found = json.loads(handle.read())
+        pid, started = int(found["pid"]), int(found["started"])
+        if pid <= 1 or _started(pid) != started:
+            return False
+        os.kill(pid, WAKE)
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return False
+    return True
 
 
 def deliver(config, messages: list, python: str = PYTHON) -> str | None:  # noqa: ANN001 (Config)
