@@ -104,6 +104,7 @@ def status_dict(cfg) -> dict:
         "state_format": state_store.FORMAT,
         "board": facts.describe(cfg.relays, cfg.state_dir),
         "pull": pull.load(cfg.state_dir),
+        "mqtt": _mqtt_status(cfg, saved) if cfg.mqtt.host else None,
         "health": {
             "failing_since": _iso(saved.failing_since),
             "consecutive_failsafe": saved.consecutive_failsafe,
@@ -113,6 +114,27 @@ def status_dict(cfg) -> dict:
             "switches_total": saved.switches_total,
         },
     }
+
+
+def _mqtt_status(cfg, saved) -> dict:  # noqa: ANN001 (Config, state.State)
+    """Who publishes to Home Assistant, and whether it works: the MQTT service's connection where it runs,
+    else the last cycle's own attempt."""
+    from dreadpi.reports import mqtt
+
+    running = mqtt.service(cfg.state_dir)
+    if running is None:
+        return {"by": "cycle", "connected": None, "problem": saved.mqtt_problem, "since": None}
+    return {"by": "service", "connected": bool(running.get("connected")), "problem": running.get("problem"),
+            "since": _iso(running.get("since"))}
+
+
+def _mqtt_line(info: dict) -> str:
+    if info["by"] == "cycle":
+        how = "each cycle publishes (no MQTT service runs)"
+        return how + (f"; the last attempt failed: {info['problem']}" if info["problem"] else "")
+    if info["connected"]:
+        return f"the MQTT service publishes, connected since {info['since']}"
+    return f"the MQTT service is not connected (since {info['since']}): {info['problem'] or 'connecting'}"
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -136,6 +158,8 @@ def cmd_status(args: SimpleNamespace) -> int:
         print(f"no mode asserted yet: {info['reason']}")
         if info["pull"]:
             print(f"pull      {pull.line(info['pull'])}")
+        if info["mqtt"]:
+            print(f"mqtt      {_mqtt_line(info['mqtt'])}")
         return EXIT_OK
     watts = "no reading" if info["watts"] is None else f"{info['watts']:.0f} W at {info['reading_at']}"
     print(f"mode      {info['mode']} ({info['percent']}%) since {info['since']}")
@@ -155,6 +179,8 @@ def cmd_status(args: SimpleNamespace) -> int:
         print(f"credential expires {health['credential_expires_at']}")
     if info["pull"]:
         print(f"pull      {pull.line(info['pull'])}")
+    if info["mqtt"]:
+        print(f"mqtt      {_mqtt_line(info['mqtt'])}")
     from dreadpi.relays import facts
 
     for line in facts.sentences(info["board"]):

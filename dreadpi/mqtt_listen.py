@@ -146,13 +146,26 @@ class Service:
                 self.log(f"mqtt: publishing to {self.cfg.mqtt.topic_prefix}")
             self.problem = None
             self.connected, self.published, self.sending, self.stale = True, {}, None, True
+            self._record()
             return
         self.connected = False
         why = str(event.get("why"))[:200]
-        if self.problem is None:
+        if self.problem is None:  # the first reason is the telling one (a refusal, then a closed connection)
             self._say(f"warning: mqtt: the listener cannot reach mqtt.host {self.cfg.mqtt.host} port "
                       f"{self.cfg.mqtt.port}: {why}; logged once until it works again")
-        self.problem = why
+            self.problem = why
+            self._record()
+
+    def _record(self) -> None:
+        """The connection's state for `dreadpi status` (reports.mqtt.service), when it changes."""
+        from dreadpi.reports import mqtt
+        from dreadpi.reports.notify import redact, secrets
+
+        problem = redact(self.problem, secrets(self.cfg)) if self.problem else None
+        try:
+            mqtt.announce(self.cfg.state_dir, self.connected, problem)
+        except OSError as err:
+            self.log(f"mqtt-listen: cannot record the connection in {self.cfg.state_dir}: {err.strerror or err}")
 
     def _say(self, line: str) -> None:
         from dreadpi.reports.notify import redact, secrets
@@ -267,7 +280,7 @@ def serve(cfg, log, python: str | None = None) -> int:  # noqa: ANN001 (Config, 
     signal.signal(mqtt.WAKE, service.wake)
     argv, stdin = mqtt.invocation(mqtt.job(cfg, os.uname().nodename, "listen"), "listen", python or mqtt.PYTHON)
     try:
-        mqtt.announce(cfg.state_dir)
+        service._record()
         while True:
             who = sandbox.identity(cfg.collector.user, cfg.collector.group)
             child = sandbox.spawn(argv, stdin, who, cfg.collector.memory_limit)

@@ -210,6 +210,8 @@ def test_a_broker_problem_changes_nothing_and_is_logged_once(broker, world_dir, 
     assert why in log and "logged once until it works again" in log
     assert log.count("\n") == 1 and PI_PASSWORD not in log and "wrong-password" not in log
     assert processes_with("run_publish") == []
+    shown = status(world_dir / "mqtt" / "dreadpi.cfg")["mqtt"]
+    assert shown["by"] == "cycle" and why in shown["problem"] and "wrong-password" not in shown["problem"]
     if how == "password":  # fixed: it says so, once
         cfg = write_config(world_dir / "mqtt", {"script": {"command": "/bin/echo 350"}, "mqtt": mqtt_section(broker)})
         assert dreadpi("run", "-c", str(cfg)).returncode == 0
@@ -270,6 +272,9 @@ def test_where_the_service_runs_a_cycle_hands_it_the_state_and_starts_no_publish
                 assert sent == [f"{PREFIX}/state"], sent
         assert broker.log.read_text().count(f"as {NODE}_publish") == connections  # no child of a cycle connected
         assert processes_with("run_publish") == [] and (world_dir / "state" / mqtt.SERVICE_FILE).exists()
+        shown = status(cfg)["mqtt"]
+        assert (shown["by"], shown["connected"], shown["problem"]) == ("service", True, None) and shown["since"]
+        assert "mqtt      the MQTT service publishes, connected since " in dreadpi("status", "-c", str(cfg)).stdout
 
         command(home, {"option": "normal for 1 h", "at": int(time.time())})  # commands are off: not listened to
         time.sleep(1.0)
@@ -280,6 +285,7 @@ def test_where_the_service_runs_a_cycle_hands_it_the_state_and_starts_no_publish
     assert process.returncode == 0 and not (world_dir / "state" / mqtt.SERVICE_FILE).exists()
     assert counted_cycle(cfg) == "0 2 []"  # the service is gone: the cycle publishes by itself again
     assert "warning" not in error_log(world_dir) and PI_PASSWORD not in process.stderr.read()
+    assert status(cfg)["mqtt"] == {"by": "cycle", "connected": None, "problem": None, "since": None}
 
 
 def test_a_service_file_left_by_a_dead_service_is_not_trusted(world_dir):
@@ -413,6 +419,10 @@ def test_a_listener_refused_by_the_broker_retries_and_says_so_once(broker, world
     try:
         time.sleep(4.5)  # the child tries again after 1, 2 and 4 s
         assert process.poll() is None
+        shown = status(cfg)["mqtt"]
+        assert (shown["by"], shown["connected"]) == ("service", False), shown
+        assert shown["problem"].startswith("the broker refused the user name or password"), shown
+        assert "mqtt      the MQTT service is not connected (since " in dreadpi("status", "-c", str(cfg)).stdout
     finally:
         stop(process)
     assert process.returncode == 0

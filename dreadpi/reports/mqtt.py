@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import time
 
 from dreadpi import __version__
 
@@ -206,12 +207,14 @@ def _started(pid: int) -> int:
         return int(handle.read().rsplit(b")", 1)[1].split()[19])
 
 
-def announce(state_dir: str) -> None:
-    """The service says it runs (and handles WAKE): from now on cycles leave publishing to it."""
+def announce(state_dir: str, connected: bool = False, problem: str | None = None) -> None:
+    """The service says it runs (and handles WAKE): from now on cycles leave publishing to it. Written again
+    when its connection comes or goes, for `dreadpi status`."""
     from dreadpi.state import write_atomic
 
-    write_atomic(os.path.join(state_dir, SERVICE_FILE),
-                 json.dumps({"pid": os.getpid(), "started": _started(os.getpid())}), durable=False)
+    record = {"pid": os.getpid(), "started": _started(os.getpid()), "connected": connected,
+              "problem": problem, "since": time.time()}
+    write_atomic(os.path.join(state_dir, SERVICE_FILE), json.dumps(record), durable=False)
 
 
 def withdraw(state_dir: str) -> None:
@@ -222,18 +225,30 @@ def withdraw(state_dir: str) -> None:
         pass
 
 
-def hand_off(config) -> bool:  # noqa: ANN001 (Config)
-    """Tell the running MQTT service that the state changed, so it publishes it on its open connection: no
-    interpreter, paho import or TLS handshake for this cycle. False when no service runs (never started, or
-    gone without withdrawing: its pid is not that process any more), and the cycle publishes by itself."""
+def service(state_dir: str) -> dict | None:
+    """What the running MQTT service last recorded (pid, connected, problem, since), or None when none runs:
+    never started, or gone without withdrawing (its pid is not that process any more)."""
     try:
-        with open(os.path.join(config.state_dir, SERVICE_FILE), encoding="ascii") as handle:
+        with open(os.path.join(state_dir, SERVICE_FILE), encoding="ascii") as handle:
             found = json.loads(handle.read())
         pid, started = int(found["pid"]), int(found["started"])
         if pid <= 1 or _started(pid) != started:
-            return False
-        os.kill(pid, WAKE)
+            return None
     except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None
+    return found
+
+
+def hand_off(config) -> bool:  # noqa: ANN001 (Config)
+    """Tell the running MQTT service that the state changed, so it publishes it on its open connection: no
+    interpreter, paho import or TLS handshake for this cycle. False when no service runs, and the cycle
+    publishes by itself."""
+    running = service(config.state_dir)
+    if running is None:
+        return False
+    try:
+        os.kill(int(running["pid"]), WAKE)
+    except OSError:
         return False
     return True
 
