@@ -468,7 +468,7 @@ def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
     assert "refused the user name or password" in mqtt.deliver(wrong, [], python=paho2)
 
     home = Client(broker, HA_USER, HA_PASSWORD)
-    home.subscribe(f"{PREFIX}/listener")
+    home.subscribe(f"{PREFIX}/listener", f"{PREFIX}/state")
     code = ("import sys; from dreadpi import config, mqtt_listen\n"
             "sys.exit(mqtt_listen.serve(config.load(sys.argv[1]), lambda line: print(line, flush=True), "
             "python=sys.argv[2]))")
@@ -479,6 +479,9 @@ def test_the_child_works_with_paho_2_too(broker, world_dir, paho2):
         assert home.wait(lambda found: found.get(f"{PREFIX}/listener") == "online", 10)
         command(home, {"option": "normal for 1 h", "at": int(time.time())})
         assert settles(cfg_path, lambda o: o is not None and o["mode"] == "drm0")
+        # The override's cycle handed its state to the service, whose paho 2 child published it.
+        assert home.wait(lambda found: json.loads(found.get(f"{PREFIX}/state", "{}")).get("control")
+                         == "normal for 1 h", 3)
     finally:
         stop(process)
         home.close()
