@@ -3,7 +3,8 @@
 An arm64 Debian bookworm root filesystem (debootstrap, second stage under qemu-user-static; Debian's arm64
 archive has python3-rpi.gpio; systemd installed but, as in any image, not running) packed into a small
 partitioned image laid out like Raspberry Pi OS: an MBR with a FAT32 boot partition and an ext4 root, the boot
-partition mounted at /boot/firmware. Built once (minutes) and cached; tests bake a sparse copy.
+partition mounted at /boot/firmware. Built once (minutes) and cached; tests bake a sparse copy. A variant with
+Debian's ansible-core and git (standin_image(pull=True)) is for baking pull enrolment without the network.
 
 Where the kernel cannot mount FAT (some CI and VM kernels are built without it, and have no modules to load),
 the boot partition is ext2 instead, and a line on stderr says so: the playbook mounts it the same way (mount
@@ -12,6 +13,7 @@ detects the type), so the path under test is unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -27,6 +29,8 @@ ARCH = "arm64"
 PACKAGES = ("python3", "python3-apt", "python3-rpi.gpio", "openssh-server", "sudo", "cron", "logrotate",
             "ca-certificates", "systemd")
 IMAGE_SETUP = 1
+PULL_PACKAGES = ("ansible-core", "git")
+PULL_SETUP = 1  # bump when arm64_pull_rootfs changes, to rebuild its cache
 TOOLS = {"qemu-aarch64-static": "qemu-user-static", "update-binfmts": "binfmt-support",
          "mkfs.vfat": "dosfstools", "sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs", "debootstrap": "debootstrap"}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -63,6 +67,40 @@ def arm64_rootfs() -> Path:
     return cached_rootfs(ARCH, PACKAGES, IMAGE_SETUP, _like_pi_os, note=" (arm64 under emulation: minutes)")
 
 
+def arm64_pull_rootfs() -> Path:
+    """The stand-in's root filesystem plus what pull enrolment installs (Debian's ansible-core and git; openssh-client
+    comes with openssh-server), so a bake with pull enrolment finds them and needs no network. Derived from the cached
+    rootfs (a copy, then apt under emulation, the package lists refreshed first), not debootstrapped again: it costs
+    only the install, and is cached beside it."""
+    base = arm64_rootfs()
+    key = hashlib.sha256(f"{base.name} {' '.join(PULL_PACKAGES)} {PULL_SETUP}".encode()).hexdigest()[:12]
+    path = CACHE / f"{base.name}-pull-{key}"
+    if (path / ".dreadpi-complete").exists():
+        return path
+    building = path.with_name(path.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    print(f"building {path} from {base.name} (once; cached after; apt under emulation: minutes)", file=sys.stderr,
+          flush=True)
+    run("cp", "-a", "--reflink=auto", str(base), str(building))
+    (building / ".dreadpi-complete").unlink()
+    # The host's resolver, for this build only (bound over the copy's, which is restored below by the unmount).
+    install = (f"mount --make-rprivate / && mount -t proc proc {building}/proc && mount --rbind /dev {building}/dev && "
+               f"mount --bind /etc/resolv.conf {building}/etc/resolv.conf && "
+               f"chroot {building} apt-get update -qq && "
+               f"chroot {building} apt-get install -y -q --no-install-recommends {' '.join(PULL_PACKAGES)} && "
+               f"chroot {building} apt-get clean")
+    run("unshare", "--mount", "sh", "-c", install, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    for leftover in (building / "run").iterdir():
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    (building / ".dreadpi-complete").write_text("")
+    shutil.rmtree(path, ignore_errors=True)
+    building.rename(path)
+    return path
+
+
 def rootfs_namespace_script(lower: Path, workdir: Path) -> tuple:
     """(shell lines, root): mount an overlay of `lower` at workdir/merged with its changes in workdir/upper, for a
     script run in a private mount namespace (`unshare --mount`), where every mount ends with the script."""
@@ -80,10 +118,11 @@ def kernel_mounts_vfat() -> bool:
     return any(Path(f"/lib/modules/{release}/kernel/fs/fat").glob("vfat.ko*"))
 
 
-def standin_image() -> Path:
-    """The cached stand-in image: 1.5 GiB sparse, p1 FAT32 'bootfs' (128 MiB), p2 ext4 'rootfs'."""
+def standin_image(pull: bool = False) -> Path:
+    """The cached stand-in image: 1.5 GiB sparse, p1 FAT32 'bootfs' (128 MiB), p2 ext4 'rootfs'; with `pull`, its
+    root filesystem has ansible-core and git (arm64_pull_rootfs)."""
     ensure_foreign_binaries()
-    rootfs = arm64_rootfs()
+    rootfs = arm64_pull_rootfs() if pull else arm64_rootfs()
     boot_fs = "vfat" if kernel_mounts_vfat() else "ext2"
     if boot_fs != "vfat":
         print("piimage: this kernel cannot mount FAT; the stand-in's boot partition is ext2", file=sys.stderr)
