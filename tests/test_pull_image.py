@@ -300,3 +300,74 @@ def test_a_bake_for_another_pi_gets_that_pis_name_minute_password_and_keyring(wo
                            "--list-keys"], capture_output=True, text=True).stdout
     assert "gpg-signer@dreadpi.test" in keys and re.search(r"^pub:u:", keys, re.MULTILINE), keys
     assert not (upper / "usr/sbin/policy-rc.d").exists()
+
+
+STANDIN_POSTINST = """#!/bin/sh
+# A stand-in's postinst: records what the bake's service policy answers a package that would start a service.
+set -e
+if [ "$1" = configure ]; then
+    answer=0
+    /usr/sbin/policy-rc.d ansible-core start || answer=$?
+    echo "$answer" > /var/lib/dreadpi-standin-policy
+fi
+"""
+
+
+def standin_ansible_core(directory: Path) -> Path:
+    """An empty package named ansible-core, whose postinst asks the service policy as a service's would."""
+    root = directory / "ansible-core"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: ansible-core\nVersion: 2.14.18-0+dreadpi.standin\nArchitecture: all\n"
+        "Maintainer: dreadpi tests <dreadpi-tests@localhost.invalid>\nSection: admin\nPriority: optional\n"
+        "Description: stand-in for Debian's ansible-core (tests/test_pull_image.py)\n")
+    (root / "DEBIAN/postinst").write_text(STANDIN_POSTINST)
+    (root / "DEBIAN/postinst").chmod(0o755)
+    deb = directory / "ansible-core_2.14.18-0+dreadpi.standin_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_a_bake_on_an_image_without_ansible_core_installs_exactly_that_with_apt(world, tmp_path):
+    """The apt path of the role in the chroot, offline: the amd64 pull-mode rootfs with ansible-core purged (git and
+    openssh-client stay) and, as its only archive, a flat repository on it holding a stand-in ansible-core. The bake
+    must refresh the lists, install exactly ansible-core, and its postinst must find the bake's service policy
+    refusing every start. What this does not prove: that the real ansible-core from Debian's archive installs in
+    an arm64 image (the cached variant's build does that, by the same apt, outside image.yml)."""
+    from tests.fleet import piimage, simpi
+    from tests.fleet.debs import archive
+
+    simpi.ensure_host_tools()
+    other = "pi-other"
+    password_file = world["home"] / f".dreadpi-vault-pass-{other}"
+    password_file.write_text("img0vault0pi0other0Pa55word\n")
+    password_file.chmod(0o600)
+    repository = archive(tmp_path / "archive", [standin_ansible_core(tmp_path / "debs")])
+    lines, merged = piimage.rootfs_namespace_script(simpi.rootfs(extra=("ansible-core", "git", "gpg")),
+                                                    tmp_path / "rootfs")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"dreadpi_image_rootfs": str(merged), "dreadpi_image_hostname": other,
+                                    "dreadpi_image_pull_enroll": True}))
+    script = "\n".join([
+        *lines,
+        f"chroot {merged} dpkg --purge ansible-core >/dev/null",
+        f"cp -r {repository} {merged}/var/tmp/standin-archive",
+        f"echo 'deb [trusted=yes] file:/var/tmp/standin-archive ./' > {merged}/etc/apt/sources.list",
+        f"rm -f {merged}/etc/apt/sources.list.d/*",
+        f"exec {shlex.join(bake_argv(world, settings))}",
+    ])
+    result = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", script],
+                            capture_output=True, text=True, env=bake_env(world), cwd=world["work"], timeout=900)
+    OUTPUTS.append(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert set(task_results(result.stdout, APT_TASK).values()) == {"changed"}
+    upper = tmp_path / "rootfs/upper"
+    history = (upper / "var/log/apt/history.log").read_text().split("\n\n")[-1]
+    installs = [line for line in history.splitlines() if line.startswith(("Install:", "Upgrade:", "Remove:"))]
+    assert installs == ["Install: ansible-core:amd64 (2.14.18-0+dreadpi.standin)"] or \
+        installs == ["Install: ansible-core:all (2.14.18-0+dreadpi.standin)"], history
+    assert (upper / "var/lib/dreadpi-standin-policy").read_text() == "101\n"  # no service could start
+    assert any(path.name.endswith("_Packages") for path in (upper / "var/lib/apt/lists").iterdir())  # refreshed
+    assert not (upper / "usr/sbin/policy-rc.d").exists()
+    assert (upper / PULL_CONFIG / "vault-password").exists()
