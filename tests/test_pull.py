@@ -91,15 +91,7 @@ class FleetRepo:
                                       text=True, env={**os.environ, **self.gpg_env}).stdout
 
     def create(self, vault_files: dict) -> None:
-        files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                               capture_output=True, text=True).stdout.split("\0")
-        for name in filter(None, files):
-            source = REPO / name
-            if name.startswith(("tests/", "data/")) or not source.is_file():
-                continue
-            target = self.work / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+        copy_project(self.work)
         inventory = self.work / "inventory/sim"
         (inventory / "group_vars/dreadpi").mkdir(parents=True)
         (inventory / "hosts.yml").write_text(json.dumps({"dreadpi": {"hosts": {name: {} for name in PIS}}}))
@@ -133,6 +125,19 @@ class FleetRepo:
         if (self.served / "fleet.git").exists():
             git("push", "-q", "origin", "main", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work).strip()
+
+
+def copy_project(work: Path) -> None:
+    """The fleet repository's files: this checkout's, as an installer's fleet repository holds them."""
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if name.startswith(("tests/", "data/")) or not source.is_file():
+            continue
+        target = work / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
 
 class GitDaemon:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, processes_with, require_root
+from tests.conftest import processes_with, require_root
 from tests.fleet.simpi import recap, task_results
-from tests.test_pull import GitDaemon, git
+from tests.test_pull import GitDaemon, copy_project, git
 
 PI = "pi-attic"
 VAULT_PASSWORD = "img0vault0pi0attic0Pa55word"
@@ -55,19 +55,6 @@ dreadpi_pull_allowed_signers:
   - "fleet-signer@dreadpi.test {key}"
 """
 OUTPUTS: list = []
-
-
-def copy_project(work: Path) -> None:
-    """The fleet repository's files: this checkout's, as an installer's fleet repository holds them."""
-    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, files):
-        source = REPO / name
-        if name.startswith(("tests/", "data/")) or not source.is_file():
-            continue
-        target = work / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
 
 
 def signed_commit(work: Path, key: Path, message: str) -> str:

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fleet.simpi import CACHE, HarnessError, cached_rootfs, run
+from tests.fleet.simpi import CACHE, HarnessError, cached_rootfs, complete_rootfs, run
 
 ARCH = "arm64"
 PACKAGES = ("python3", "python3-apt", "python3-rpi.gpio", "openssh-server", "sudo", "cron", "logrotate",
@@ -90,15 +90,7 @@ def arm64_pull_rootfs() -> Path:
                f"chroot {building} apt-get install -y -q --no-install-recommends {' '.join(PULL_PACKAGES)} && "
                f"chroot {building} apt-get clean")
     run("unshare", "--mount", "sh", "-c", install, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    for leftover in (building / "run").iterdir():
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink()
-    (building / ".dreadpi-complete").write_text("")
-    shutil.rmtree(path, ignore_errors=True)
-    building.rename(path)
-    return path
+    return complete_rootfs(building, path)
 
 
 def rootfs_namespace_script(lower: Path, workdir: Path) -> tuple:

@@ -101,7 +101,12 @@ def cached_rootfs(arch: str, packages: tuple, setup: int, customise, note: str =
         run("unshare", "--mount", "sh", "-c", install, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     customise(building)
     run("chroot", str(building), "apt-get", "clean")
-    # /run is a tmpfs on a booted system: nothing a package script left there may say "systemd is running".
+    return complete_rootfs(building, path)
+
+
+def complete_rootfs(building: Path, path: Path) -> Path:
+    """Move a root filesystem built in `building` to its cache `path`, marked complete. /run is a tmpfs on a
+    booted system: nothing a package script left there may say "systemd is running"."""
     for leftover in (building / "run").iterdir():
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover)
