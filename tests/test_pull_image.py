@@ -260,6 +260,8 @@ def test_a_bake_for_another_pi_gets_that_pis_name_minute_password_and_keyring(wo
                    check=True, capture_output=True, env=gpg_env)
     gpg_key = subprocess.run(["gpg", "--batch", "--armor", "--export"], check=True, capture_output=True, text=True,
                              env=gpg_env).stdout
+    # The key generation started an agent in that home, which pytest's kept tmp_path would keep alive.
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=True, capture_output=True, env=gpg_env)
     lines, merged = piimage.rootfs_namespace_script(simpi.rootfs(extra=("ansible-core", "git", "gpg")),
                                                     tmp_path / "rootfs")
     settings = tmp_path / "settings.json"
